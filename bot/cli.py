@@ -1,0 +1,126 @@
+"""``hq-bot``: serve (HTTP or Socket Mode), console, and admin commands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from bot import logs
+from bot.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("hq-bot")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hq-bot", description=__doc__)
+    parser.add_argument("--env-file", help="read settings from this file too (KEY=VALUE lines)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve Slack: Socket Mode, or HTTP with --http")
+    serve.add_argument("--http", action="store_true", help="serve POST /slack/events over HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+
+    console = sub.add_parser("console", help="read /hq commands from stdin")
+    console.add_argument("--user", default="console", help="acting user name or Slack ID")
+
+    db = sub.add_parser("db", help="database administration")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply pending migrations")
+    return parser
+
+
+def _bot(settings: Settings) -> object:
+    from bot.core import Bot
+    from commands.infra import Infra
+
+    return Bot.create(settings, infra=Infra(settings))
+
+
+def cmd_db_upgrade(settings: Settings) -> int:
+    from approvals.db import make_engine, upgrade
+
+    engine = make_engine(settings.hq_database_url)
+    upgrade(engine)
+    engine.dispose()
+    print("database is up to date")
+    return 0
+
+
+def cmd_console(settings: Settings, user: str) -> int:
+    from bot import console
+    from bot.core import Bot
+    from commands.infra import Infra
+
+    bot = Bot.create(settings, infra=Infra(settings))
+    try:
+        return console.main(bot, user)
+    finally:
+        bot.close()
+
+
+def cmd_serve(settings: Settings, http: bool, host: str, port: int) -> int:
+    from bot.core import Bot
+    from bot.slack import HttpServer, build_app, health_route, web_client
+    from commands.infra import Infra
+
+    if settings.slack_bot_token is None:
+        raise SettingsError("SLACK_BOT_TOKEN: required to serve Slack (xoxb-...)")
+    if http and settings.slack_signing_secret is None:
+        raise SettingsError("SLACK_SIGNING_SECRET: required by serve --http")
+    if not http and settings.slack_app_token is None:
+        raise SettingsError("SLACK_APP_TOKEN: required for Socket Mode (xapp-...); or use --http")
+    bot = Bot.create(settings, infra=Infra(settings))
+    bot.start_heartbeat()
+    client = web_client(settings)
+    secret = settings.slack_signing_secret.get_secret_value() if http else None  # type: ignore[union-attr]
+    app = build_app(bot, client, secret)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if http:
+        server = HttpServer((host, port), app, {"/healthz": health_route(bot, client)})
+        thread = threading.Thread(target=server.serve_forever, name="hq-http", daemon=True)
+        thread.start()
+        log.info("serving HTTP on %s:%d", host, server.server_address[1])
+        print(f"hq-bot listening on http://{host}:{server.server_address[1]}", flush=True)
+        stop.wait()
+        server.shutdown()
+    else:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value())  # type: ignore[union-attr]
+        handler.connect()
+        log.info("connected over Socket Mode")
+        print("hq-bot connected over Socket Mode", flush=True)
+        stop.wait()
+        handler.close()
+    bot.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+    except SettingsError as err:
+        print(f"hq-bot: {err}", file=sys.stderr)
+        return 2
+    logs.setup(settings.hq_log_level)
+    try:
+        if args.command == "db":
+            return cmd_db_upgrade(settings)
+        if args.command == "console":
+            return cmd_console(settings, args.user)
+        return cmd_serve(settings, args.http, args.host, args.port)
+    except SettingsError as err:
+        print(f"hq-bot: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
