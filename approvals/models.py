@@ -78,3 +78,82 @@ class Operation(Base):
         Index("ix_operations_state", "state"),
         Index("ix_operations_created", "created_at"),
     )
+
+
+class ReqState(enum.StrEnum):
+    """Life of an approval request; every move is a compare-and-set in the database."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class ApprovalRequest(Base):
+    """A destructive command waiting for (or past) a second person's decision."""
+
+    __tablename__ = "approval_requests"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    op_id: Mapped[str] = mapped_column(String(32))
+    command: Mapped[str] = mapped_column(String(64))
+    text: Mapped[str] = mapped_column(Text, default="")
+    args_json: Mapped[str] = mapped_column(Text, default="{}")
+    plan_digest: Mapped[str] = mapped_column(String(64))
+    plan_text: Mapped[str] = mapped_column(Text, default="")
+    requester_id: Mapped[str] = mapped_column(String(64))
+    requester_name: Mapped[str] = mapped_column(String(128), default="")
+    source: Mapped[str] = mapped_column(String(16), default="slack")
+    channel_id: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16))
+    required: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decided_by: Mapped[str] = mapped_column(String(256), default="")
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    card_channel: Mapped[str] = mapped_column(String(64), default="")
+    card_ts: Mapped[str] = mapped_column(String(32), default="")
+    outcome: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index("ix_requests_state", "state"),)
+
+
+class ApprovalVote(Base):
+    """One approver's approval of one request; the primary key stops double counting."""
+
+    __tablename__ = "approval_votes"
+
+    request_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """One link of the tamper-evident audit chain. Rows are only ever appended (``seq`` is
+    last+1, never reused) and each is signed with the HMAC of its fields and the previous hash."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(128), default="")
+    op_id: Mapped[str] = mapped_column(String(64), default="")
+    request_id: Mapped[str] = mapped_column(String(64), default="")
+    command: Mapped[str] = mapped_column(String(128), default="")
+    data: Mapped[str] = mapped_column(Text, default="{}")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_audit_events_actor", "actor"),
+        Index("ix_audit_events_command", "command"),
+        Index("ix_audit_events_at", "at"),
+    )

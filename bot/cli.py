@@ -34,13 +34,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _bot(settings: Settings) -> object:
-    from bot.core import Bot
-    from commands.infra import Infra
-
-    return Bot.create(settings, infra=Infra(settings))
-
-
 def cmd_db_upgrade(settings: Settings) -> int:
     from approvals.db import make_engine, upgrade
 
@@ -53,10 +46,13 @@ def cmd_db_upgrade(settings: Settings) -> int:
 
 def cmd_console(settings: Settings, user: str) -> int:
     from bot import console
+    from bot.cards import ConsoleCards
     from bot.core import Bot
     from commands.infra import Infra
 
     bot = Bot.create(settings, infra=Infra(settings))
+    bot.cards = ConsoleCards(sys.stdout)
+    bot.recover()
     try:
         return console.main(bot, user)
     finally:
@@ -64,8 +60,9 @@ def cmd_console(settings: Settings, user: str) -> int:
 
 
 def cmd_serve(settings: Settings, http: bool, host: str, port: int) -> int:
+    from bot.cards import SlackCards
     from bot.core import Bot
-    from bot.slack import HttpServer, build_app, health_route, web_client
+    from bot.slack import HttpServer, build_app, group_resolver, health_route, web_client
     from commands.infra import Infra
 
     if settings.slack_bot_token is None:
@@ -74,9 +71,11 @@ def cmd_serve(settings: Settings, http: bool, host: str, port: int) -> int:
         raise SettingsError("SLACK_SIGNING_SECRET: required by serve --http")
     if not http and settings.slack_app_token is None:
         raise SettingsError("SLACK_APP_TOKEN: required for Socket Mode (xapp-...); or use --http")
-    bot = Bot.create(settings, infra=Infra(settings))
-    bot.start_heartbeat()
     client = web_client(settings)
+    bot = Bot.create(settings, infra=Infra(settings), resolve_group=group_resolver(client))
+    bot.cards = SlackCards(client, settings.hq_ops_channel)
+    bot.recover()
+    bot.start_background()
     secret = settings.slack_signing_secret.get_secret_value() if http else None  # type: ignore[union-attr]
     app = build_app(bot, client, secret)
     stop = threading.Event()

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SLACK_ID = re.compile(r"^[UWBS][A-Z0-9]{2,20}$")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253}):[0-9]{1,5}$")  # issue 3
 
 
 class SettingsError(Exception):
@@ -81,6 +82,18 @@ class Settings(BaseSettings):
         description="HMAC key of the audit chain. Unset: a key file beside a SQLite database.",
     )
 
+    # --- Approvals ---------------------------------------------------------------------------
+    hq_approvals_required: int = Field(
+        default=1, ge=1, le=5, description="Approvals a request needs (never the requester's)."
+    )
+    hq_approval_ttl_minutes: int = Field(
+        default=30, ge=1, le=1440, description="Minutes before a pending request expires."
+    )
+    hq_approval_commands: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra commands that need approval, comma separated (e.g. `restart,scale`).",
+    )
+
     # --- The Harmoniq deployment ---------------------------------------------------------------
     hq_compose_project: str = Field(
         default="harmoniq", description="docker compose project name of the deployment."
@@ -102,7 +115,93 @@ class Settings(BaseSettings):
     hq_service_coturn: str = Field(default="coturn", description="coturn service name.")
     hq_service_nginx: str = Field(default="nginx", description="nginx service name.")
 
-    @field_validator("hq_approvers", "hq_operators", "hq_compose_command", mode="before")
+    # --- Infra clients, health and metrics (issue 3) -------------------------------------------
+    hq_backend_url: str = Field(
+        default="http://127.0.0.1:4000",
+        description="Base URL of the backend; `/hq health` reads its `/health`.",
+    )
+    hq_postgres_host: str = Field(
+        default="127.0.0.1", description="Host where the deployment's PostgreSQL listens."
+    )
+    hq_postgres_port: int = Field(
+        default=5432, ge=1, le=65535, description="Port of the deployment's PostgreSQL."
+    )
+    hq_redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="redis:// URL of the deployment's Redis."
+    )
+    hq_s3_endpoint: str = Field(
+        default="http://127.0.0.1:9000",
+        description="MinIO (S3) endpoint URL; http:// means no TLS.",
+    )
+    hq_s3_bucket: str = Field(default="harmoniq-uploads", description="The uploads bucket.")
+    hq_backup_dir: Path = Field(
+        default=Path("/opt/backups"), description="Folder where backups are kept (disk check)."
+    )
+    hq_docker_root: Path = Field(
+        default=Path("/var/lib/docker"), description="Docker data root (disk check)."
+    )
+    hq_docker_daemon_json: Path = Field(
+        default=Path("/etc/docker/daemon.json"),
+        description="Docker daemon config read by `/hq check logging`.",
+    )
+    hq_health_timeout: float = Field(
+        default=5.0, gt=0, le=120, description="Seconds each health or metric check may take."
+    )
+    hq_scale_max: int = Field(
+        default=10, ge=1, le=100, description="Most backend replicas `/hq scale` allows."
+    )
+    hq_nginx_conf: Path | None = Field(
+        default=None,
+        description="nginx config to check for `ip_hash` when scaling; unset: not checked.",
+    )
+    hq_tls_endpoints: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host:port endpoints whose TLS certificate expiry is watched, comma separated.",
+    )
+    hq_tls_warn_days: int = Field(
+        default=14, ge=1, le=365, description="Warn when a certificate expires within N days."
+    )
+    hq_prometheus_url: str | None = Field(
+        default=None, description="Prometheus base URL for latency and WebSocket metrics."
+    )
+    hq_prometheus_latency_query: str = Field(
+        default="histogram_quantile(0.95, sum by (le) "
+        "(rate(http_request_duration_seconds_bucket[5m])))",
+        description="PromQL giving the backend's p95 HTTP latency in seconds.",
+    )
+    hq_prometheus_ws_query: str = Field(
+        default="sum(socket_io_connected)",
+        description="PromQL giving the number of open WebSocket (Socket.IO) connections.",
+    )
+    hq_ws_capacity: int | None = Field(
+        default=None, ge=1, description="WebSocket connections the backend is sized for."
+    )
+    hq_alert_latency_p95_ms: float = Field(
+        default=500, gt=0, description="Alert when the HTTP p95 latency exceeds this (ms)."
+    )
+    hq_alert_ws_percent: float = Field(
+        default=80, gt=0, le=100, description="Alert above this % of HQ_WS_CAPACITY."
+    )
+    hq_alert_pg_connections_percent: float = Field(
+        default=80, gt=0, le=100, description="Alert above this % of usable max_connections."
+    )
+    hq_alert_redis_memory_percent: float = Field(
+        default=80, gt=0, le=100, description="Alert above this % of Redis maxmemory."
+    )
+    hq_alert_disk_percent: float = Field(
+        default=85, gt=0, le=100, description="Alert above this % of a disk's capacity."
+    )
+    hq_alert_cpu_percent: float = Field(
+        default=80, gt=0, description="Alert above this container CPU % (100 = one core)."
+    )
+    hq_alert_memory_percent: float = Field(
+        default=90, gt=0, le=100, description="Alert above this % of a container's memory limit."
+    )
+    # --- end of issue 3 block ------------------------------------------------------------------
+
+    @field_validator(
+        "hq_approvers", "hq_operators", "hq_compose_command", "hq_approval_commands", mode="before"
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -158,6 +257,50 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("expected at least one word, e.g. docker,compose")
         return value
+
+    # --- issue 3 validators ----------------------------------------------------------------------
+    @field_validator("hq_tls_endpoints", mode="before")
+    @classmethod
+    def _csv_tls(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("hq_tls_endpoints")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not HOST_PORT.match(item) or not 1 <= int(item.rsplit(":", 1)[1]) <= 65535:
+                raise ValueError(f"{item!r} is not host:port (like harmoniq.example.org:443)")
+        return value
+
+    @field_validator("hq_backend_url", "hq_s3_endpoint", "hq_prometheus_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/?#]+", value):
+            raise ValueError("expected an http(s) URL like http://127.0.0.1:4000")
+        return value.rstrip("/") if value else value
+
+    @field_validator("hq_redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("expected a redis:// (or rediss://, unix://) URL")
+        return value
+
+    @field_validator("hq_postgres_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.:/-]{1,255}$", value):
+            raise ValueError(f"{value!r} is not a host name, address or socket folder")
+        return value
+
+    @field_validator("hq_s3_bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", value):
+            raise ValueError(f"{value!r} is not an S3 bucket name")
+        return value
+
+    # --- end of issue 3 validators ---------------------------------------------------------------
 
     @model_validator(mode="after")
     def _tokens(self) -> Settings:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
@@ -31,6 +33,8 @@ from commands.spec import Actor, Result
 
 log = logging.getLogger(__name__)
 MAX_BODY = 1_000_000
+APPROVE_ACTION = "hq_approve"
+DENY_ACTION = "hq_deny"
 
 
 def web_client(settings: Settings) -> WebClient:
@@ -174,6 +178,34 @@ def build_app(
         reply = bot.submit(actor, str(command.get("text", "")), responder)
         ack(text=reply.text[:3000], blocks=reply_blocks(reply), response_type="ephemeral")
 
+    def on_decision(verb: str) -> Callable[..., None]:
+        def handler(ack: Any, body: dict[str, Any], client: WebClient) -> None:
+            # The click goes down the same path as `/hq approve ID`: parse, policy, audit.
+            ack()
+            user = body.get("user") or {}
+            channel = (body.get("channel") or {}).get("id") or ""
+            actions = body.get("actions") or [{}]
+            request_id = str(actions[0].get("value", ""))[:64]
+            actor = Actor(
+                user_id=str(user.get("id", "")),
+                user_name=str(user.get("username") or user.get("name") or ""),
+                channel_id=str(channel),
+                source="slack",
+            )
+            responder = responder_factory(client, actor.channel_id, actor.user_id,
+                                          body.get("response_url"))
+            reply = bot.submit(actor, f"{verb} {shlex.quote(request_id)}", responder)
+            if not reply.ok and channel:
+                try:
+                    client.chat_postEphemeral(channel=channel, user=actor.user_id,
+                                              text=reply.text[:3000])
+                except SlackApiError as err:
+                    log.warning("could not answer a click: %s", err.response.get("error"))
+
+        return handler
+
+    app.action(APPROVE_ACTION)(on_decision("approve"))
+    app.action(DENY_ACTION)(on_decision("deny"))
     return app
 
 
@@ -248,3 +280,24 @@ def health_route(bot: Bot, client: WebClient | None) -> Callable[[], tuple[int, 
         return code, "application/json", json.dumps(status).encode()
 
     return route
+
+
+def group_resolver(client: WebClient, ttl: float = 300.0) -> Callable[[str], list[str]]:
+    """Given a WebClient, return a function that lists a user group's members (cached for
+    ``ttl`` seconds). Errors propagate: the approval policy treats them as 'no'."""
+    cache: dict[str, tuple[float, list[str]]] = {}
+    lock = threading.Lock()
+
+    def resolve(group: str) -> list[str]:
+        now = time.monotonic()
+        with lock:
+            hit = cache.get(group)
+            if hit and now - hit[0] < ttl:
+                return hit[1]
+        response = client.usergroups_users_list(usergroup=group)
+        users = [str(u) for u in response.get("users") or []]
+        with lock:
+            cache[group] = (now, users)
+        return users
+
+    return resolve

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from commands import governance
 from commands import help as help_cmd
+from commands import redis_admin
 from commands.spec import CommandSpec
 
 
@@ -19,4 +21,10 @@ def build(specs: Iterable[CommandSpec]) -> dict[str, CommandSpec]:
     return registry
 
 
-REGISTRY: Mapping[str, CommandSpec] = build([*help_cmd.SPECS])
+REGISTRY: Mapping[str, CommandSpec] = build(
+    [
+        *help_cmd.SPECS,
+        *governance.SPECS,
+        *redis_admin.SPECS,
+    ]
+)
