@@ -113,13 +113,15 @@ class SlackResponder:
                 self._fallback(result, blocks)
                 return
             self.client.chat_update(channel=self.channel, ts=self.ts, text=self._status_text(icon))
+            # The result goes in the thread the status message opened (or already lives in).
+            thread = self.thread_ts or self.ts
             self.client.chat_postMessage(
-                channel=self.channel, thread_ts=self.ts, text=result.title[:3000], blocks=blocks
+                channel=self.channel, thread_ts=thread, text=result.title[:3000], blocks=blocks
             )
             if result.attachments:
                 self.client.files_upload_v2(
                     channel=self.channel,
-                    thread_ts=self.ts,
+                    thread_ts=thread,
                     file_uploads=[
                         {"content": a.content, "filename": a.filename, "title": a.title or a.filename}
                         for a in result.attachments
