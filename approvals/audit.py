@@ -147,7 +147,8 @@ def _utc(value: Any) -> dt.datetime:
 
 def _failure(action: str, exc: BaseException, redact: Redactor) -> AuditError:
     # The driver's text may carry SQL, values or a URL: log it redacted, keep it out of the error.
-    log.warning("audit: %s failed: %s", action, redact(f"{type(exc).__name__}: {exc}"))
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    log.warning("audit: %s failed: %s", action, redact(f"{type(exc).__name__}: {detail}"))
     return AuditError(f"audit trail: {action} failed ({type(exc).__name__})")
 
 
