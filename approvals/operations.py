@@ -13,10 +13,10 @@ import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from approvals.models import Operation, OpState, utcnow
+from approvals.models import FINAL_STATES, Operation, OpState, utcnow
 
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 STALE_AFTER = dt.timedelta(minutes=2)
@@ -33,8 +33,16 @@ class OperationStore:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
-    def create(
-        self,
+    def create(self, **kwargs: Any) -> str:
+        """Insert an operation (see :meth:`values`) and return its id."""
+        values = self.values(**kwargs)
+        # A Core insert: this runs on the ack path, where the ORM's unit of work costs more.
+        with self._sessions.begin() as session:
+            session.execute(insert(Operation).values(**values))
+        return str(values["id"])
+
+    @staticmethod
+    def values(
         *,
         source: str,
         user_id: str,
@@ -45,26 +53,30 @@ class OperationStore:
         command: str = "",
         op_id: str | None = None,
         **fields: Any,
-    ) -> str:
-        """Insert an operation and return its id. ``text`` must already be redacted."""
-        op = Operation(
-            id=op_id or new_id(),
-            source=source,
-            user_id=user_id,
-            user_name=user_name,
-            channel_id=channel_id,
-            command=command,
-            text=text,
-            state=state.value,
-            owner=OWNER,
-            created_at=utcnow(),
+    ) -> dict[str, Any]:
+        """Return the column values of a new operation. ``text`` must already be redacted."""
+        now = utcnow()
+        values: dict[str, Any] = {
+            "id": op_id or new_id(),
+            "source": source,
+            "user_id": user_id,
+            "user_name": user_name,
+            "channel_id": channel_id,
+            "command": command,
+            "text": text,
+            "state": state.value,
+            "owner": OWNER,
+            "created_at": now,
+            "result_summary": "",
+            "error": "",
+            "status_channel": "",
+            "status_ts": "",
+            "attempts": 0,
             **fields,
-        )
-        if state in (OpState.REJECTED, OpState.REFUSED, OpState.DRY_RUN, OpState.SUCCEEDED):
-            op.finished_at = op.created_at
-        with self._sessions.begin() as session:
-            session.add(op)
-        return op.id
+        }
+        if state in FINAL_STATES:
+            values["finished_at"] = now
+        return values
 
     def transition(
         self, op_id: str, from_states: Iterable[OpState], to_state: OpState, **fields: Any

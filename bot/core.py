@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from approvals.audit import AuditError, AuditTrail, load_key
 from approvals.db import make_engine, session_factory, upgrade
-from approvals.models import ApprovalRequest, OpState, ReqState, utcnow
+from approvals.models import ApprovalRequest, Operation, OpState, ReqState, utcnow
 from approvals.operations import OperationStore, new_id
 from approvals.policy import Policy
 from approvals.requests import ApprovalPolicy, Decision, GroupResolver, Requests
@@ -210,8 +210,23 @@ class Bot:
         finally:
             logs.operation_id.reset(token)
 
-    def _record(self, op_id: str, actor: Actor, text: str, state: OpState, **fields: Any) -> None:
-        self.ops.create(
+    def _log(
+        self,
+        op_id: str,
+        actor: Actor,
+        text: str,
+        state: OpState,
+        *,
+        kind: str,
+        strict: bool,
+        command: str = "",
+        data: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Record the operation and its audit event in one transaction. ``strict`` guards an
+        action: a failed write raises AuditError (fail closed). Otherwise the operation is
+        recorded alone when the audit event cannot be."""
+        row = dict(
             op_id=op_id,
             source=actor.source,
             user_id=actor.user_id,
@@ -219,8 +234,18 @@ class Bot:
             channel_id=actor.channel_id,
             text=self.redact(text)[:2000],
             state=state,
+            command=command,
             **fields,
         )
+        event = {"text": row["text"][:500], **(data or {})}
+        try:
+            self.audit.append(kind, actor=actor.user_id, op_id=op_id, command=command,
+                              data=event, also=[(Operation, OperationStore.values(**row))])
+        except AuditError:
+            if strict:
+                raise
+            log.exception("audit event %s could not be written", kind)
+            self.ops.create(**row)
 
     def _audit(self, kind: str, actor: Actor | str, *, strict: bool, **fields: Any) -> None:
         """Append an audit event. ``strict`` events guard an action: their failure raises
@@ -236,10 +261,9 @@ class Bot:
     def _refuse(
         self, op_id: str, actor: Actor, text: str, state: OpState, message: str, command: str = ""
     ) -> Reply:
-        self._record(op_id, actor, text, state, command=command, error=self.redact(message))
         kind = "command.rejected" if state == OpState.REJECTED else "command.refused"
-        self._audit(kind, actor, strict=False, op_id=op_id, command=command,
-                    data={"text": self.redact(text)[:500], "why": message})
+        self._log(op_id, actor, text, state, kind=kind, strict=False, command=command,
+                  data={"why": message}, error=self.redact(message)[:1000])
         return Reply(text=message, ok=False, op_id=op_id)
 
     def _submit(self, op_id: str, actor: Actor, text: str, responder: Responder) -> Reply:
@@ -259,27 +283,28 @@ class Bot:
         except UserError as err:
             return self._refuse(op_id, actor, text, OpState.REJECTED, usage_reply(err), spec.name)
         if parsed.dry_run:
-            self._record(op_id, actor, text, OpState.DRY_RUN, command=spec.name)
-            self._audit("command.dry_run", actor, strict=False, op_id=op_id, command=spec.name,
-                        data={"plan": plan.digest()})
+            self._log(op_id, actor, text, OpState.DRY_RUN, kind="command.dry_run", strict=False,
+                      command=spec.name, data={"plan": plan.digest()})
             return Reply(text=f"*Dry run*, nothing was done:\n{plan.as_text()}", op_id=op_id)
         if self.requests.policy.needs_approval(spec.name, spec.destructive):
             return self._request_approval(op_id, actor, text, parsed, plan)
+        if spec.immediate and spec.readonly:
+            return self._answer(op_id, actor, text, spec, plan, ctx)
+        first = OpState.RUNNING if spec.immediate else OpState.QUEUED
         try:
-            self._audit("command.received", actor, strict=True, op_id=op_id, command=spec.name,
-                        data={"text": self.redact(text)[:500]})
+            self._log(op_id, actor, text, first, kind="command.received", strict=True,
+                      command=spec.name)
         except AuditError as err:
             return self._refuse(op_id, actor, text, OpState.REFUSED,
                                 AUDIT_DOWN.format(why=err), spec.name)
         if spec.immediate:
             result = self._execute(spec, plan, ctx, lambda _line: None)
-            state = OpState.SUCCEEDED if result.ok else OpState.FAILED
-            self._record(op_id, actor, text, state, command=spec.name,
-                         result_summary=self.redact(result.title)[:1000])
+            self.ops.transition(op_id, [OpState.RUNNING],
+                                OpState.SUCCEEDED if result.ok else OpState.FAILED,
+                                result_summary=self.redact(result.title)[:1000])
             future = ctx.followups[0] if ctx.followups else None
             return Reply(text=result.text or result.title, ok=result.ok, op_id=op_id,
                          result=result, future=future)
-        self._record(op_id, actor, text, OpState.QUEUED, command=spec.name)
         try:
             future = self.pool.submit(lambda: self.run(op_id, spec, plan, ctx, responder))
         except BusyError:
@@ -290,6 +315,21 @@ class Bot:
                 op_id=op_id,
             )
         return Reply(text=f"Working on `{spec.name}` ({op_id}).", op_id=op_id, future=future)
+
+    def _answer(
+        self, op_id: str, actor: Actor, text: str, spec: CommandSpec, plan: Plan, ctx: RunContext
+    ) -> Reply:
+        """Answer a read-only command at once; record it (operation and audit event in one
+        write) before the answer is shown, or show nothing."""
+        result = self._execute(spec, plan, ctx, lambda _line: None)
+        state = OpState.SUCCEEDED if result.ok else OpState.FAILED
+        try:
+            self._log(op_id, actor, text, state, kind="command.answered", strict=True,
+                      command=spec.name, data={"ok": result.ok},
+                      result_summary=self.redact(result.title)[:1000])
+        except AuditError as err:
+            return Reply(text=AUDIT_DOWN.format(why=err), ok=False, op_id=op_id)
+        return Reply(text=result.text or result.title, ok=result.ok, op_id=op_id, result=result)
 
     # --- approvals --------------------------------------------------------------------------
     def _request_approval(
@@ -307,12 +347,11 @@ class Bot:
         reason = self.redact(parsed.reason.strip())
         safe_text = self.redact(text)[:2000]
         try:
-            self._audit("command.received", actor, strict=True, op_id=op_id, command=spec.name,
-                        data={"text": safe_text[:500], "reason": reason})
+            self._log(op_id, actor, text, OpState.AWAITING_APPROVAL, kind="command.received",
+                      strict=True, command=spec.name, data={"reason": reason})
         except AuditError as err:
             return self._refuse(op_id, actor, text, OpState.REFUSED,
                                 AUDIT_DOWN.format(why=err), spec.name)
-        self._record(op_id, actor, text, OpState.AWAITING_APPROVAL, command=spec.name)
         request = self.requests.create(
             actor=actor, op_id=op_id, command=spec.name, text=safe_text, args=parsed.args,
             plan_digest=plan.digest(), plan_text=self.redact(plan.as_text()), reason=reason,

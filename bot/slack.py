@@ -156,12 +156,16 @@ def build_app(
     responder_factory: Callable[..., SlackResponder] = SlackResponder,
 ) -> App:
     """Given the core and a WebClient, return the Bolt app serving ``/hq`` and the buttons."""
+    # Listeners run on the request's own thread (process_before_response) and only do quick,
+    # local work before they ack: no polling for the ack, no Bolt listener pool to queue on.
+    # Slow work goes to the bot's worker pool; Slack calls after a click go to `door`.
+    door = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hq-door")
     app = App(
         client=client,
         signing_secret=signing_secret or "unused-in-socket-mode",
         token_verification_enabled=False,
-        # Bolt's listeners only ack; the real work runs on the bot's own pool.
-        listener_executor=ThreadPoolExecutor(max_workers=16, thread_name_prefix="hq-listener"),
+        process_before_response=True,
+        listener_executor=door,
         request_verification_enabled=signing_secret is not None,
         ignoring_self_events_enabled=True,
     )
@@ -182,8 +186,17 @@ def build_app(
 
     def on_decision(verb: str) -> Callable[..., None]:
         def handler(ack: Any, body: dict[str, Any], client: WebClient) -> None:
-            # The click goes down the same path as `/hq approve ID`: parse, policy, audit.
             ack()
+            door.submit(decide_logged, body, client)
+
+        def decide_logged(body: dict[str, Any], client: WebClient) -> None:
+            try:
+                decide(body, client)
+            except Exception:
+                log.exception("handling a button click failed")
+
+        def decide(body: dict[str, Any], client: WebClient) -> None:
+            # The click goes down the same path as `/hq approve ID`: parse, policy, audit.
             user = body.get("user") or {}
             channel = (body.get("channel") or {}).get("id") or ""
             actions = body.get("actions") or [{}]

@@ -107,6 +107,7 @@ SPECS = (
         execute=_pending,
         roles=_EVERYONE,
         immediate=True,
+        readonly=True,
         section=SECTION,
     ),
     CommandSpec(
@@ -151,6 +152,7 @@ SPECS = (
         execute=_audit,
         roles=frozenset({Role.OPERATOR}),
         immediate=True,
+        readonly=True,
         section=SECTION,
     ),
     CommandSpec(

@@ -61,6 +61,7 @@ SPECS = (
         execute=_execute,
         roles=frozenset({Role.ANYONE}),
         immediate=True,
+        readonly=True,
         section="General",
     ),
 )

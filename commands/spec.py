@@ -209,8 +209,11 @@ class CommandSpec:
     destructive: bool = False
     roles: frozenset[Role] = frozenset({Role.OPERATOR})
     section: str = ""
-    # Commands that answer at once, inside Slack's ack (help, pending): quick and read-only.
+    # Commands that answer at once, inside Slack's ack: quick (help, pending, approve).
     immediate: bool = False
+    # Commands that only read what is already known: an immediate read-only command is
+    # recorded after it answered, in one write with its audit event.
+    readonly: bool = False
 
     @property
     def usage(self) -> str:
