@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database administration")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply pending migrations")
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="check the hash chain; exit 1 naming the first bad row")
+    export = audit_sub.add_parser("export", help="write every audit row to stdout")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     return parser
 
 
@@ -42,6 +48,28 @@ def cmd_db_upgrade(settings: Settings) -> int:
     engine.dispose()
     print("database is up to date")
     return 0
+
+
+def cmd_audit(settings: Settings, what: str, fmt: str) -> int:
+    from approvals.audit import AuditTrail, load_key
+    from approvals.db import make_engine, upgrade
+
+    engine = make_engine(settings.hq_database_url)
+    upgrade(engine)
+    trail = AuditTrail(engine, load_key(settings))
+    try:
+        if what == "export":
+            count = trail.export(fmt, sys.stdout)  # type: ignore[arg-type]
+            print(f"exported {count} audit rows", file=sys.stderr)
+            return 0
+        check = trail.verify()
+        if check.ok:
+            print(f"audit trail verified: {check.checked} rows, chain intact")
+            return 0
+        print(f"audit trail BROKEN at row {check.first_bad_seq}: {check.reason}")
+        return 1
+    finally:
+        engine.dispose()
 
 
 def cmd_console(settings: Settings, user: str) -> int:
@@ -113,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "db":
             return cmd_db_upgrade(settings)
+        if args.command == "audit":
+            return cmd_audit(settings, args.audit_command, getattr(args, "format", "jsonl"))
         if args.command == "console":
             return cmd_console(settings, args.user)
         return cmd_serve(settings, args.http, args.host, args.port)
