@@ -70,9 +70,7 @@ class Operation(Base):
     status_channel: Mapped[str] = mapped_column(String(64), default="")
     status_ts: Mapped[str] = mapped_column(String(32), default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(
-        DateTime(timezone=True), nullable=True
-    )
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (
         Index("ix_operations_state", "state"),

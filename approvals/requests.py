@@ -43,7 +43,9 @@ class ApprovalPolicy:
     resolve_group: GroupResolver | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any, resolve_group: GroupResolver | None = None) -> ApprovalPolicy:
+    def from_settings(
+        cls, settings: Any, resolve_group: GroupResolver | None = None
+    ) -> ApprovalPolicy:
         return cls(
             approvers=frozenset(settings.hq_approvers),
             group=settings.hq_approver_group,
@@ -63,9 +65,12 @@ class ApprovalPolicy:
                 return "You asked for this yourself: a second person has to approve it."
             if actor.user_id in self.approvers:
                 return None
-            if self.group and self.resolve_group is not None:
-                if actor.user_id in set(self.resolve_group(self.group)):
-                    return None
+            if (
+                self.group
+                and self.resolve_group is not None
+                and actor.user_id in set(self.resolve_group(self.group))
+            ):
+                return None
             return f"<@{actor.user_id}> is not an approver."
         except Exception:
             log.exception("approver check failed")
@@ -175,28 +180,44 @@ class Requests:
             return Decision(False, refusal, request)
         if self._expired(request):
             changed = self.move(request_id, OPEN, ReqState.EXPIRED, decided_at=self.clock())
-            return Decision(False, f"Request {request_id} has expired; ask again.",
-                            self.get(request_id), changed=changed)
+            return Decision(
+                False,
+                f"Request {request_id} has expired; ask again.",
+                self.get(request_id),
+                changed=changed,
+            )
         try:
             with self.sessions.begin() as session:
-                session.add(ApprovalVote(request_id=request_id, user_id=actor.user_id,
-                                         at=self.clock()))
+                session.add(
+                    ApprovalVote(request_id=request_id, user_id=actor.user_id, at=self.clock())
+                )
         except IntegrityError:
             return Decision(False, f"You have already approved {request_id}.", request)
         with self.sessions() as session:
-            votes = session.scalar(
-                select(func.count()).select_from(ApprovalVote)
-                .where(ApprovalVote.request_id == request_id)
-            ) or 0
-            voters = list(session.scalars(
-                select(ApprovalVote.user_id).where(ApprovalVote.request_id == request_id)
-                .order_by(ApprovalVote.at)
-            ))
+            votes = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(ApprovalVote)
+                    .where(ApprovalVote.request_id == request_id)
+                )
+                or 0
+            )
+            voters = list(
+                session.scalars(
+                    select(ApprovalVote.user_id)
+                    .where(ApprovalVote.request_id == request_id)
+                    .order_by(ApprovalVote.at)
+                )
+            )
         if votes < request.required:
-            return Decision(True, f"Approval {votes} of {request.required} recorded for "
-                            f"{request_id}.", request)
+            return Decision(
+                True, f"Approval {votes} of {request.required} recorded for {request_id}.", request
+            )
         won = self.move(
-            request_id, OPEN, ReqState.APPROVED, decided_at=self.clock(),
+            request_id,
+            OPEN,
+            ReqState.APPROVED,
+            decided_at=self.clock(),
             decided_by=",".join(voters)[:256],
         )
         current = self.get(request_id)
@@ -217,8 +238,9 @@ class Requests:
                 return Decision(False, refusal, request)
         else:
             return Decision(False, "Use `/hq cancel` to withdraw your own request.", request)
-        won = self.move(request_id, OPEN, ReqState.DENIED, decided_at=self.clock(),
-                        decided_by=actor.user_id)
+        won = self.move(
+            request_id, OPEN, ReqState.DENIED, decided_at=self.clock(), decided_by=actor.user_id
+        )
         current = self.get(request_id)
         if not won:
             return Decision(False, self._closed_message(current or request), current)
@@ -233,8 +255,9 @@ class Requests:
             return Decision(False, "Only the requester can cancel a request.", request)
         if request.state != ReqState.PENDING:
             return Decision(False, self._closed_message(request), request)
-        won = self.move(request_id, OPEN, ReqState.CANCELLED, decided_at=self.clock(),
-                        decided_by=actor.user_id)
+        won = self.move(
+            request_id, OPEN, ReqState.CANCELLED, decided_at=self.clock(), decided_by=actor.user_id
+        )
         current = self.get(request_id)
         if not won:
             return Decision(False, self._closed_message(current or request), current)

@@ -121,11 +121,11 @@ def cmd_serve(settings: Settings, http: bool, host: str, port: int) -> int:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
         handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value())  # type: ignore[union-attr]
-        handler.connect()
+        handler.connect()  # type: ignore[no-untyped-call]
         log.info("connected over Socket Mode")
         print("hq-bot connected over Socket Mode", flush=True)
         stop.wait()
-        handler.close()
+        handler.close()  # type: ignore[no-untyped-call]
     bot.close()
     return 0
 

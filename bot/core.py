@@ -239,8 +239,14 @@ class Bot:
         )
         event = {"text": row["text"][:500], **(data or {})}
         try:
-            self.audit.append(kind, actor=actor.user_id, op_id=op_id, command=command,
-                              data=event, also=[(Operation, OperationStore.values(**row))])
+            self.audit.append(
+                kind,
+                actor=actor.user_id,
+                op_id=op_id,
+                command=command,
+                data=event,
+                also=[(Operation, OperationStore.values(**row))],
+            )
         except AuditError:
             if strict:
                 raise
@@ -262,8 +268,17 @@ class Bot:
         self, op_id: str, actor: Actor, text: str, state: OpState, message: str, command: str = ""
     ) -> Reply:
         kind = "command.rejected" if state == OpState.REJECTED else "command.refused"
-        self._log(op_id, actor, text, state, kind=kind, strict=False, command=command,
-                  data={"why": message}, error=self.redact(message)[:1000])
+        self._log(
+            op_id,
+            actor,
+            text,
+            state,
+            kind=kind,
+            strict=False,
+            command=command,
+            data={"why": message},
+            error=self.redact(message)[:1000],
+        )
         return Reply(text=message, ok=False, op_id=op_id)
 
     def _submit(self, op_id: str, actor: Actor, text: str, responder: Responder) -> Reply:
@@ -275,16 +290,25 @@ class Bot:
         spec = parsed.spec
         refusal = self.policy.refusal(actor, spec)
         if refusal:
-            return self._refuse(op_id, actor, text, OpState.REFUSED, f":no_entry: {refusal}",
-                                spec.name)
+            return self._refuse(
+                op_id, actor, text, OpState.REFUSED, f":no_entry: {refusal}", spec.name
+            )
         ctx = self.context(actor, op_id, responder)
         try:
             plan = spec.plan(parsed.args, ctx)
         except UserError as err:
             return self._refuse(op_id, actor, text, OpState.REJECTED, usage_reply(err), spec.name)
         if parsed.dry_run:
-            self._log(op_id, actor, text, OpState.DRY_RUN, kind="command.dry_run", strict=False,
-                      command=spec.name, data={"plan": plan.digest()})
+            self._log(
+                op_id,
+                actor,
+                text,
+                OpState.DRY_RUN,
+                kind="command.dry_run",
+                strict=False,
+                command=spec.name,
+                data={"plan": plan.digest()},
+            )
             return Reply(text=f"*Dry run*, nothing was done:\n{plan.as_text()}", op_id=op_id)
         if self.requests.policy.needs_approval(spec.name, spec.destructive):
             return self._request_approval(op_id, actor, text, parsed, plan)
@@ -292,19 +316,29 @@ class Bot:
             return self._answer(op_id, actor, text, spec, plan, ctx)
         first = OpState.RUNNING if spec.immediate else OpState.QUEUED
         try:
-            self._log(op_id, actor, text, first, kind="command.received", strict=True,
-                      command=spec.name)
+            self._log(
+                op_id, actor, text, first, kind="command.received", strict=True, command=spec.name
+            )
         except AuditError as err:
-            return self._refuse(op_id, actor, text, OpState.REFUSED,
-                                AUDIT_DOWN.format(why=err), spec.name)
+            return self._refuse(
+                op_id, actor, text, OpState.REFUSED, AUDIT_DOWN.format(why=err), spec.name
+            )
         if spec.immediate:
             result = self._execute(spec, plan, ctx, lambda _line: None)
-            self.ops.transition(op_id, [OpState.RUNNING],
-                                OpState.SUCCEEDED if result.ok else OpState.FAILED,
-                                result_summary=self.redact(result.title)[:1000])
+            self.ops.transition(
+                op_id,
+                [OpState.RUNNING],
+                OpState.SUCCEEDED if result.ok else OpState.FAILED,
+                result_summary=self.redact(result.title)[:1000],
+            )
             future = ctx.followups[0] if ctx.followups else None
-            return Reply(text=result.text or result.title, ok=result.ok, op_id=op_id,
-                         result=result, future=future)
+            return Reply(
+                text=result.text or result.title,
+                ok=result.ok,
+                op_id=op_id,
+                result=result,
+                future=future,
+            )
         try:
             future = self.pool.submit(lambda: self.run(op_id, spec, plan, ctx, responder))
         except BusyError:
@@ -324,9 +358,17 @@ class Bot:
         result = self._execute(spec, plan, ctx, lambda _line: None)
         state = OpState.SUCCEEDED if result.ok else OpState.FAILED
         try:
-            self._log(op_id, actor, text, state, kind="command.answered", strict=True,
-                      command=spec.name, data={"ok": result.ok},
-                      result_summary=self.redact(result.title)[:1000])
+            self._log(
+                op_id,
+                actor,
+                text,
+                state,
+                kind="command.answered",
+                strict=True,
+                command=spec.name,
+                data={"ok": result.ok},
+                result_summary=self.redact(result.title)[:1000],
+            )
         except AuditError as err:
             return Reply(text=AUDIT_DOWN.format(why=err), ok=False, op_id=op_id)
         return Reply(text=result.text or result.title, ok=result.ok, op_id=op_id, result=result)
@@ -338,28 +380,60 @@ class Bot:
         spec = parsed.spec
         if not parsed.reason or not parsed.reason.strip():
             return self._refuse(
-                op_id, actor, text, OpState.REJECTED,
-                usage_reply(UserError(f"`{spec.name}` needs a second person, and a reason "
-                                      "they can judge it by: add --reason \"...\".",
-                                      usage=spec.usage)),
+                op_id,
+                actor,
+                text,
+                OpState.REJECTED,
+                usage_reply(
+                    UserError(
+                        f"`{spec.name}` needs a second person, and a reason "
+                        'they can judge it by: add --reason "...".',
+                        usage=spec.usage,
+                    )
+                ),
                 spec.name,
             )
         reason = self.redact(parsed.reason.strip())
         safe_text = self.redact(text)[:2000]
         try:
-            self._log(op_id, actor, text, OpState.AWAITING_APPROVAL, kind="command.received",
-                      strict=True, command=spec.name, data={"reason": reason})
+            self._log(
+                op_id,
+                actor,
+                text,
+                OpState.AWAITING_APPROVAL,
+                kind="command.received",
+                strict=True,
+                command=spec.name,
+                data={"reason": reason},
+            )
         except AuditError as err:
-            return self._refuse(op_id, actor, text, OpState.REFUSED,
-                                AUDIT_DOWN.format(why=err), spec.name)
+            return self._refuse(
+                op_id, actor, text, OpState.REFUSED, AUDIT_DOWN.format(why=err), spec.name
+            )
         request = self.requests.create(
-            actor=actor, op_id=op_id, command=spec.name, text=safe_text, args=parsed.args,
-            plan_digest=plan.digest(), plan_text=self.redact(plan.as_text()), reason=reason,
+            actor=actor,
+            op_id=op_id,
+            command=spec.name,
+            text=safe_text,
+            args=parsed.args,
+            plan_digest=plan.digest(),
+            plan_text=self.redact(plan.as_text()),
+            reason=reason,
         )
         self.ops.set_fields(op_id, request_id=request.id)
-        self._audit("request.created", actor, strict=False, op_id=op_id, request_id=request.id,
-                    command=spec.name, data={"plan": plan.digest(), "reason": reason,
-                                             "expires_at": request.expires_at.isoformat()})
+        self._audit(
+            "request.created",
+            actor,
+            strict=False,
+            op_id=op_id,
+            request_id=request.id,
+            command=spec.name,
+            data={
+                "plan": plan.digest(),
+                "reason": reason,
+                "expires_at": request.expires_at.isoformat(),
+            },
+        )
         try:
             card = self.cards.post(request)
         except Exception:
@@ -369,8 +443,10 @@ class Bot:
             self.requests.set_card(request.id, card[0], card[1])
         minutes = self.requests.policy.ttl.total_seconds() / 60
         return Reply(
-            text=(f":lock: `{spec.name}` needs a second person. Request *{request.id}* waits "
-                  f"for an approver for {minutes:.0f} minutes.\n{request.plan_text}"),
+            text=(
+                f":lock: `{spec.name}` needs a second person. Request *{request.id}* waits "
+                f"for an approver for {minutes:.0f} minutes.\n{request.plan_text}"
+            ),
             op_id=op_id,
         )
 
@@ -385,24 +461,37 @@ class Bot:
         }
         decision = deciders[verb](actor, request_id)
         request = decision.request
-        kind = {"approve": "request.approved", "deny": "request.denied",
-                "cancel": "request.cancelled"}[verb]
+        kind = {
+            "approve": "request.approved",
+            "deny": "request.denied",
+            "cancel": "request.cancelled",
+        }[verb]
         if request is not None and request.state == ReqState.EXPIRED and decision.changed:
             kind = "request.expired"
         self._audit(
-            kind if decision.ok or decision.changed else "refusal", actor, strict=False,
-            op_id=request.op_id if request else "", request_id=request_id,
+            kind if decision.ok or decision.changed else "refusal",
+            actor,
+            strict=False,
+            op_id=request.op_id if request else "",
+            request_id=request_id,
             command=request.command if request else "",
             data={"verb": verb, "outcome": decision.message},
         )
         if request is not None and decision.changed:
             if request.state in (ReqState.DENIED, ReqState.CANCELLED, ReqState.EXPIRED):
-                self.ops.transition(request.op_id, [OpState.AWAITING_APPROVAL],
-                                    OpState.CANCELLED, error=f"request {request.state}")
+                self.ops.transition(
+                    request.op_id,
+                    [OpState.AWAITING_APPROVAL],
+                    OpState.CANCELLED,
+                    error=f"request {request.state}",
+                )
             self._safe(self.cards.update, request)
             if verb != "cancel":
-                self._safe(self.cards.tell, request,
-                           f"Your request {request.id} (`{request.command}`): {decision.message}")
+                self._safe(
+                    self.cards.tell,
+                    request,
+                    f"Your request {request.id} (`{request.command}`): {decision.message}",
+                )
         if decision.run and request is not None:
             responder = self.cards.responder(request) or ctx.responder
             try:
@@ -410,10 +499,17 @@ class Bot:
                     self.pool.submit(lambda: self.run_request(request.id, responder))
                 )
             except BusyError:
-                self.requests.move(request.id, [ReqState.APPROVED], ReqState.FAILED,
-                                   outcome="hq-bot was too busy to start it")
-                return Result(ok=False, title="Approved, but hq-bot is too busy to start it; "
-                              "nothing was run. Ask again in a minute.")
+                self.requests.move(
+                    request.id,
+                    [ReqState.APPROVED],
+                    ReqState.FAILED,
+                    outcome="hq-bot was too busy to start it",
+                )
+                return Result(
+                    ok=False,
+                    title="Approved, but hq-bot is too busy to start it; "
+                    "nothing was run. Ask again in a minute.",
+                )
             return Result(ok=True, title=f"{decision.message} Running `{request.command}` now.")
         return Result(ok=decision.ok, title=decision.message)
 
@@ -426,8 +522,12 @@ class Bot:
         assert request is not None
         op_id = request.op_id
         token = logs.operation_id.set(op_id)
-        actor = Actor(user_id=request.requester_id, user_name=request.requester_name,
-                      channel_id=request.channel_id, source=request.source)
+        actor = Actor(
+            user_id=request.requester_id,
+            user_name=request.requester_name,
+            channel_id=request.channel_id,
+            source=request.source,
+        )
         try:
             self.ops.transition(op_id, [OpState.AWAITING_APPROVAL], OpState.RUNNING)
             with self._running_lock:
@@ -439,20 +539,44 @@ class Bot:
                     raise UserError(f"`{request.command}` is no longer a command.")
                 plan = spec.plan(json.loads(request.args_json), ctx)
             except UserError as err:
-                return self._finish_request(request, responder, Result(
-                    ok=False, title=f"Nothing was run: the plan could not be made again "
-                    f"({err.message}). Ask again."), ran=False)
+                return self._finish_request(
+                    request,
+                    responder,
+                    Result(
+                        ok=False,
+                        title=f"Nothing was run: the plan could not be made again "
+                        f"({err.message}). Ask again.",
+                    ),
+                    ran=False,
+                )
             if plan.digest() != request.plan_digest:
-                return self._finish_request(request, responder, Result(
-                    ok=False, title="Nothing was run: the plan changed since the request "
-                    f"was made.\nNow it would be:\n{plan.as_text()}\nAsk again."), ran=False)
+                return self._finish_request(
+                    request,
+                    responder,
+                    Result(
+                        ok=False,
+                        title="Nothing was run: the plan changed since the request "
+                        f"was made.\nNow it would be:\n{plan.as_text()}\nAsk again.",
+                    ),
+                    ran=False,
+                )
             try:
-                self._audit("execution.started", "system", strict=True, op_id=op_id,
-                            request_id=request_id, command=spec.name,
-                            data={"plan": plan.digest(), "approved_by": request.decided_by})
+                self._audit(
+                    "execution.started",
+                    "system",
+                    strict=True,
+                    op_id=op_id,
+                    request_id=request_id,
+                    command=spec.name,
+                    data={"plan": plan.digest(), "approved_by": request.decided_by},
+                )
             except AuditError as err:
-                return self._finish_request(request, responder, Result(
-                    ok=False, title=AUDIT_DOWN.format(why=err)), ran=False)
+                return self._finish_request(
+                    request,
+                    responder,
+                    Result(ok=False, title=AUDIT_DOWN.format(why=err)),
+                    ran=False,
+                )
             if responder is not None:
                 self._safe(responder.started, op_id, f"`{spec.name}`: {plan.summary}")
             result = self._execute(spec, plan, ctx, self._progress(op_id, responder, spec.name))
@@ -467,16 +591,25 @@ class Bot:
     ) -> Result:
         state = ReqState.SUCCEEDED if result.ok else ReqState.FAILED
         summary = self.redact(result.title)[:1000]
-        self.requests.move(request.id, [ReqState.RUNNING], state, outcome=summary,
-                           finished_at=utcnow())
-        self.ops.transition(
-            request.op_id, [OpState.RUNNING, OpState.AWAITING_APPROVAL],
-            OpState.SUCCEEDED if result.ok else OpState.FAILED,
-            result_summary=summary, error="" if result.ok else summary,
+        self.requests.move(
+            request.id, [ReqState.RUNNING], state, outcome=summary, finished_at=utcnow()
         )
-        self._audit("result", "system", strict=False, op_id=request.op_id,
-                    request_id=request.id, command=request.command,
-                    data={"ok": result.ok, "ran": ran, "summary": summary})
+        self.ops.transition(
+            request.op_id,
+            [OpState.RUNNING, OpState.AWAITING_APPROVAL],
+            OpState.SUCCEEDED if result.ok else OpState.FAILED,
+            result_summary=summary,
+            error="" if result.ok else summary,
+        )
+        self._audit(
+            "result",
+            "system",
+            strict=False,
+            op_id=request.op_id,
+            request_id=request.id,
+            command=request.command,
+            data={"ok": result.ok, "ran": ran, "summary": summary},
+        )
         current = self.requests.get(request.id) or request
         self._safe(self.cards.update, current)
         if responder is not None:
@@ -484,33 +617,51 @@ class Bot:
                 self._safe(responder.started, request.op_id, f"`{request.command}`")
             self._safe(responder.finished, request.op_id, result)
         verdict = "succeeded" if result.ok else "failed"
-        self._safe(self.cards.tell, current, f"Your request {request.id} (`{request.command}`) "
-                   f"{verdict}: {summary}")
+        self._safe(
+            self.cards.tell,
+            current,
+            f"Your request {request.id} (`{request.command}`) {verdict}: {summary}",
+        )
         return result
 
     def expire_due(self) -> list[ApprovalRequest]:
         """Expire overdue requests, update their cards and tell their requesters."""
         expired = self.requests.expire_due()
         for request in expired:
-            self.ops.transition(request.op_id, [OpState.AWAITING_APPROVAL], OpState.CANCELLED,
-                                error="request expired")
-            self._audit("request.expired", "system", strict=False, op_id=request.op_id,
-                        request_id=request.id, command=request.command)
+            self.ops.transition(
+                request.op_id,
+                [OpState.AWAITING_APPROVAL],
+                OpState.CANCELLED,
+                error="request expired",
+            )
+            self._audit(
+                "request.expired",
+                "system",
+                strict=False,
+                op_id=request.op_id,
+                request_id=request.id,
+                command=request.command,
+            )
             self._safe(self.cards.update, request)
-            self._safe(self.cards.tell, request,
-                       f"Your request {request.id} (`{request.command}`) expired unapproved.")
+            self._safe(
+                self.cards.tell,
+                request,
+                f"Your request {request.id} (`{request.command}`) expired unapproved.",
+            )
         return expired
 
     def pending_result(self) -> Result:
         self.expire_due()
         rows = []
         for request in self.requests.pending():
-            rows.append(Row(
-                name=f"{request.id} `{request.command}`",
-                status=Status.WARN,
-                detail=f"by <@{request.requester_id}>, reason: {request.reason}; expires "
-                f"{request.expires_at:%H:%M} UTC",
-            ))
+            rows.append(
+                Row(
+                    name=f"{request.id} `{request.command}`",
+                    status=Status.WARN,
+                    detail=f"by <@{request.requester_id}>, reason: {request.reason}; expires "
+                    f"{request.expires_at:%H:%M} UTC",
+                )
+            )
         title = f"{len(rows)} request(s) waiting for approval" if rows else "Nothing is waiting."
         return Result(ok=True, title=title, rows=tuple(rows))
 
@@ -526,9 +677,12 @@ class Bot:
     def audit_verify_result(self) -> Result:
         check = self.audit.verify()
         if check.ok:
-            return Result(ok=True, title=f"Audit trail verified: {check.checked} rows, chain intact.")
-        return Result(ok=False, title=f"Audit trail BROKEN at row {check.first_bad_seq}: "
-                      f"{check.reason}")
+            return Result(
+                ok=True, title=f"Audit trail verified: {check.checked} rows, chain intact."
+            )
+        return Result(
+            ok=False, title=f"Audit trail BROKEN at row {check.first_bad_seq}: {check.reason}"
+        )
 
     # --- running ----------------------------------------------------------------------------
     def context(self, actor: Actor, op_id: str, responder: Responder | None = None) -> RunContext:
@@ -547,8 +701,14 @@ class Bot:
     ) -> Callable[[str], None]:
         def progress(line: str) -> None:
             line = self.redact(line)
-            self._audit("step", "system", strict=False, op_id=op_id, command=command,
-                        data={"step": line[:500]})
+            self._audit(
+                "step",
+                "system",
+                strict=False,
+                op_id=op_id,
+                command=command,
+                data={"step": line[:500]},
+            )
             if responder is not None:
                 self._safe(responder.progress, op_id, line)
 
@@ -584,10 +744,21 @@ class Bot:
             result = self._execute(spec, plan, ctx, self._progress(op_id, responder, spec.name))
             state = OpState.SUCCEEDED if result.ok else OpState.FAILED
             summary = self.redact(result.title)[:1000]
-            self.ops.transition(op_id, [OpState.RUNNING], state, result_summary=summary,
-                                error="" if result.ok else summary)
-            self._audit("result", ctx.actor, strict=False, op_id=op_id, command=spec.name,
-                        data={"ok": result.ok, "summary": summary})
+            self.ops.transition(
+                op_id,
+                [OpState.RUNNING],
+                state,
+                result_summary=summary,
+                error="" if result.ok else summary,
+            )
+            self._audit(
+                "result",
+                ctx.actor,
+                strict=False,
+                op_id=op_id,
+                command=spec.name,
+                data={"ok": result.ok, "summary": summary},
+            )
             self._safe(responder.finished, op_id, result)
             return result
         finally:
@@ -638,12 +809,22 @@ class Bot:
             interrupted.append(op.id)
             request = self.requests.by_op(op.id)
             if request is not None:
-                self.requests.move(request.id, [ReqState.RUNNING, ReqState.APPROVED],
-                                   ReqState.INTERRUPTED, finished_at=utcnow(),
-                                   outcome="interrupted: hq-bot stopped while it ran")
+                self.requests.move(
+                    request.id,
+                    [ReqState.RUNNING, ReqState.APPROVED],
+                    ReqState.INTERRUPTED,
+                    finished_at=utcnow(),
+                    outcome="interrupted: hq-bot stopped while it ran",
+                )
                 self._safe(self.cards.update, self.requests.get(request.id) or request)
-            self._audit("interrupted", "system", strict=False, op_id=op.id,
-                        command=op.command, data={"started_at": str(op.started_at)})
+            self._audit(
+                "interrupted",
+                "system",
+                strict=False,
+                op_id=op.id,
+                command=op.command,
+                data={"started_at": str(op.started_at)},
+            )
             self._safe(
                 self.cards.announce,
                 f":warning: Operation {op.id} (`/hq {op.text}` by <@{op.user_id}>) was "

@@ -50,8 +50,9 @@ def blocks(result: Result) -> list[dict[str, Any]]:
         for chunk in chunks(lines):
             out.append({"type": "section", "text": {"type": "mrkdwn", "text": chunk}})
     if len(out) > MAX_BLOCKS:
-        out = out[: MAX_BLOCKS - 1] + [
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": "(output shortened)"}]}
+        out = [
+            *out[: MAX_BLOCKS - 1],
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": "(output shortened)"}]},
         ]
     return out
 

@@ -43,7 +43,8 @@ class Settings(BaseSettings):
         default=None, description="Bot token (xoxb-...). Needed by `serve`."
     )
     slack_signing_secret: SecretStr | None = Field(
-        default=None, description="Signing secret; verifies HTTP requests. Needed by `serve --http`."
+        default=None,
+        description="Signing secret; verifies HTTP requests. Needed by `serve --http`.",
     )
     slack_app_token: SecretStr | None = Field(
         default=None, description="App-level token (xapp-...); when set, `serve` uses Socket Mode."
@@ -99,7 +100,8 @@ class Settings(BaseSettings):
         default="harmoniq", description="docker compose project name of the deployment."
     )
     hq_compose_file: Path = Field(
-        default=Path("/opt/harmoniq/docker-compose.yml"), description="The deployment's compose file."
+        default=Path("/opt/harmoniq/docker-compose.yml"),
+        description="The deployment's compose file.",
     )
     hq_env_file: Path = Field(
         default=Path("/opt/harmoniq/.env"), description="The deployment's `.env` with its secrets."

@@ -12,7 +12,7 @@ import logging
 import shlex
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -123,7 +123,11 @@ class SlackResponder:
                     channel=self.channel,
                     thread_ts=thread,
                     file_uploads=[
-                        {"content": a.content, "filename": a.filename, "title": a.title or a.filename}
+                        {
+                            "content": a.content,
+                            "filename": a.filename,
+                            "title": a.title or a.filename,
+                        }
                         for a in result.attachments
                     ],
                 )
@@ -207,13 +211,15 @@ def build_app(
                 channel_id=str(channel),
                 source="slack",
             )
-            responder = responder_factory(client, actor.channel_id, actor.user_id,
-                                          body.get("response_url"))
+            responder = responder_factory(
+                client, actor.channel_id, actor.user_id, body.get("response_url")
+            )
             reply = bot.submit(actor, f"{verb} {shlex.quote(request_id)}", responder)
             if not reply.ok and channel:
                 try:
-                    client.chat_postEphemeral(channel=channel, user=actor.user_id,
-                                              text=reply.text[:3000])
+                    client.chat_postEphemeral(
+                        channel=channel, user=actor.user_id, text=reply.text[:3000]
+                    )
                 except SlackApiError as err:
                     log.warning("could not answer a click: %s", err.response.get("error"))
 
@@ -228,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: HttpServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("http: " + format, *args)
 
     def _send(self, status: int, body: bytes, headers: dict[str, Any] | None = None) -> None:
@@ -247,7 +253,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         route = self.server.get_routes.get(path)
         if route is None:
@@ -256,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
         status, content_type, body = route()
         self._send(status, body, {"Content-Type": content_type})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if self.path.split("?", 1)[0] != "/slack/events":
             self._send(HTTPStatus.NOT_FOUND, b'{"error":"not found"}')
             return
@@ -265,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b'{"error":"too large"}')
             return
         body = self.rfile.read(length).decode("utf-8", errors="replace")
-        headers = {k.lower(): [v] for k, v in self.headers.items()}
+        headers: dict[str, str | Sequence[str]] = {k.lower(): [v] for k, v in self.headers.items()}
         response = self.server.app.dispatch(BoltRequest(body=body, headers=headers))
         self._send(response.status, response.body.encode(), dict(response.headers))
 

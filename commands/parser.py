@@ -54,7 +54,9 @@ def normalize(text: str) -> str:
 def tokenize(text: str) -> list[str]:
     """Split normalized text like a shell would, without ever running one."""
     if len(text) > MAX_TEXT:
-        raise UserError(f"That command is too long ({len(text)} characters; the limit is {MAX_TEXT}).")
+        raise UserError(
+            f"That command is too long ({len(text)} characters; the limit is {MAX_TEXT})."
+        )
     try:
         return shlex.split(normalize(text))
     except ValueError as exc:  # unbalanced quotes
@@ -98,15 +100,15 @@ def parse(text: str, registry: Mapping[str, CommandSpec]) -> Parsed:
         return UserError(message, usage=spec.usage)
 
     while index < len(rest):
-        token = rest[index]
+        word = rest[index]
         index += 1
-        if token == "--":
+        if word == "--":
             positionals.extend(rest[index:])
             break
-        if not token.startswith("--") or len(token) == 2:
-            positionals.append(token)
+        if not word.startswith("--") or len(word) == 2:
+            positionals.append(word)
             continue
-        name, eq, inline = token.partition("=")
+        name, eq, inline = word.partition("=")
         if name == "--dry-run" and not eq:
             dry_run = True
             continue
@@ -117,7 +119,7 @@ def parse(text: str, registry: Mapping[str, CommandSpec]) -> Parsed:
                 reason = rest[index]
                 index += 1
             else:
-                raise bad("`--reason` needs a text, e.g. --reason \"disk full\".")
+                raise bad('`--reason` needs a text, e.g. --reason "disk full".')
             if len(reason) > MAX_REASON:
                 raise bad(f"The reason is too long (the limit is {MAX_REASON} characters).")
             continue

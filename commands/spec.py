@@ -86,9 +86,12 @@ class Plan:
     steps: tuple[Step, ...] = ()
     targets: tuple[str, ...] = ()
     data: Mapping[str, Any] = field(default_factory=dict)
+    # Facts shown to the approver that change by themselves (a backup's age): not hashed, so
+    # the passing of time alone does not void an approval.
+    notes: tuple[str, ...] = ()
 
     def canonical(self) -> str:
-        """Return the canonical JSON of the plan (sorted keys, no spaces)."""
+        """Return the canonical JSON of the plan (sorted keys, no spaces), without notes."""
         body = {
             "command": self.command,
             "summary": self.summary,
@@ -103,7 +106,7 @@ class Plan:
         return hashlib.sha256(self.canonical().encode()).hexdigest()
 
     def as_text(self) -> str:
-        lines = [self.summary]
+        lines = [self.summary, *self.notes]
         for number, step in enumerate(self.steps, 1):
             lines.append(f"{number}. {step.title}")
         return "\n".join(lines)

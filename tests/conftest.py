@@ -53,8 +53,12 @@ def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 def fake_slack() -> Iterator[Any]:
     from tests.fakeslack import FakeSlack
 
-    with FakeSlack(token=TEST_BOT_TOKEN, app_token=TEST_APP_TOKEN, socket_mode=True,
-                   users={"U0ALICE": "alice", "U0BOB": "bob", "U0CAROL": "carol", "U0MALLORY": "mallory"}) as fake:
+    with FakeSlack(
+        token=TEST_BOT_TOKEN,
+        app_token=TEST_APP_TOKEN,
+        socket_mode=True,
+        users={"U0ALICE": "alice", "U0BOB": "bob", "U0CAROL": "carol", "U0MALLORY": "mallory"},
+    ) as fake:
         yield fake
 
 
@@ -62,8 +66,9 @@ def fake_slack() -> Iterator[Any]:
 def slack_bot(fake_slack: Any, make_settings: Any) -> Iterator[Any]:
     from tests.harness import start_slack_bot
 
-    harness = start_slack_bot(fake_slack, make_settings(slack_api_url=fake_slack.base_url,
-                                                        hq_approvers="U0BOB,U0CAROL"))
+    harness = start_slack_bot(
+        fake_slack, make_settings(slack_api_url=fake_slack.base_url, hq_approvers="U0BOB,U0CAROL")
+    )
     try:
         yield harness
     finally:

@@ -11,7 +11,13 @@ from bot.cards import SlackCards
 from bot.core import Bot
 from bot.settings import Settings
 from bot.slack import HttpServer, build_app, group_resolver, health_route, web_client
-from tests.fakeslack import FakeSlack, PostResult, block_actions_body, post_signed, slash_command_body
+from tests.fakeslack import (
+    FakeSlack,
+    PostResult,
+    block_actions_body,
+    post_signed,
+    slash_command_body,
+)
 
 SECRET = "test-signing-secret-0123456789"
 
@@ -28,17 +34,34 @@ class SlackBot:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/slack/events"
 
-    def command(self, text: str, user: str = "U0ALICE", name: str = "alice", channel: str = "C1",
-                **kwargs: Any) -> PostResult:
-        body = slash_command_body(text, user_id=user, user_name=name, channel_id=channel,
-                                  response_url=self.fake.response_url(f"cmd-{user}"))
+    def command(
+        self,
+        text: str,
+        user: str = "U0ALICE",
+        name: str = "alice",
+        channel: str = "C1",
+        **kwargs: Any,
+    ) -> PostResult:
+        body = slash_command_body(
+            text,
+            user_id=user,
+            user_name=name,
+            channel_id=channel,
+            response_url=self.fake.response_url(f"cmd-{user}"),
+        )
         return post_signed(self.url, body, SECRET, **kwargs)
 
-    def click(self, action: str, value: str, user: str, channel: str = "C1",
-              message_ts: str = "1.000001") -> PostResult:
-        body = block_actions_body(action, value, user_id=user, channel_id=channel,
-                                  message_ts=message_ts,
-                                  response_url=self.fake.response_url(f"click-{user}"))
+    def click(
+        self, action: str, value: str, user: str, channel: str = "C1", message_ts: str = "1.000001"
+    ) -> PostResult:
+        body = block_actions_body(
+            action,
+            value,
+            user_id=user,
+            channel_id=channel,
+            message_ts=message_ts,
+            response_url=self.fake.response_url(f"click-{user}"),
+        )
         return post_signed(self.url, body, SECRET)
 
     def close(self) -> None:

@@ -37,15 +37,39 @@ class Cluster:
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         subprocess.run(
-            _as_postgres([str(BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
-                          "--auth=trust", "-E", "UTF8", "--no-sync"]),
-            check=True, capture_output=True,
+            _as_postgres(
+                [
+                    str(BIN / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
         subprocess.run(
-            _as_postgres([str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w",
-                          "-o", f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync=off "
-                          "-c max_connections=200", "start"]),
-            check=True, capture_output=True,
+            _as_postgres(
+                [
+                    str(BIN / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log),
+                    "-w",
+                    "-o",
+                    f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync=off "
+                    "-c max_connections=200",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
 
     def url(self, database: str = "postgres") -> str:
@@ -54,8 +78,9 @@ class Cluster:
     def create_database(self, name: str) -> str:
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
@@ -63,7 +88,8 @@ class Cluster:
     def stop(self) -> None:
         subprocess.run(
             _as_postgres([str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]),
-            check=False, capture_output=True,
+            check=False,
+            capture_output=True,
         )
         time.sleep(0.1)
         shutil.rmtree(self.dir, ignore_errors=True)

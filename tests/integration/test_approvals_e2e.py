@@ -15,7 +15,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -40,9 +39,21 @@ class Server:
         self.port = _port()
         self.log = (tmp / f"{name}.log").open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", "--env-file", str(SANDBOX_ENV), "serve", "--http",
-             "--port", str(self.port)],
-            env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "bot.cli",
+                "--env-file",
+                str(SANDBOX_ENV),
+                "serve",
+                "--http",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -108,8 +119,11 @@ def _flushdb_calls(client: redis.Redis) -> int:
 
 
 def _request(server: Server, fake: FakeSlack) -> str:
-    body = slash_command_body('redis flushdb --reason "forced logout"', user_id="U0ALICE",
-                              response_url=fake.response_url("alice"))
+    body = slash_command_body(
+        'redis flushdb --reason "forced logout"',
+        user_id="U0ALICE",
+        response_url=fake.response_url("alice"),
+    )
     status, reply, _ = post_signed(server.url, body, TEST_SIGNING_SECRET)
     assert status == 200, reply
     match = re.search(r"rq-[0-9a-f]{10}", reply.decode())
@@ -117,8 +131,9 @@ def _request(server: Server, fake: FakeSlack) -> str:
     return match.group(0)
 
 
-def test_the_same_click_on_two_replicas_flushes_once(env: dict[str, str], fake: FakeSlack,
-                                                     tmp_path: Path) -> None:
+def test_the_same_click_on_two_replicas_flushes_once(
+    env: dict[str, str], fake: FakeSlack, tmp_path: Path
+) -> None:
     client = _sandbox_redis()
     client.set("session:alice", "1")
     a = Server(env, tmp_path, "a")
@@ -126,8 +141,13 @@ def test_the_same_click_on_two_replicas_flushes_once(env: dict[str, str], fake: 
     try:
         rid = _request(a, fake)
         before = _flushdb_calls(client)
-        body = block_actions_body(APPROVE_ACTION, rid, user_id="U0BOB", user_name="bob",
-                                  response_url=fake.response_url("bob"))
+        body = block_actions_body(
+            APPROVE_ACTION,
+            rid,
+            user_id="U0BOB",
+            user_name="bob",
+            response_url=fake.response_url("bob"),
+        )
         results: list[int] = []
 
         def deliver(server: Server) -> None:
@@ -140,8 +160,9 @@ def test_the_same_click_on_two_replicas_flushes_once(env: dict[str, str], fake: 
         for t in threads:
             t.join()
         assert results == [200, 200, 200, 200]
-        fake.wait_for("chat.postMessage",
-                      lambda c: "FLUSHDB done" in json.dumps(c.params), timeout=30)
+        fake.wait_for(
+            "chat.postMessage", lambda c: "FLUSHDB done" in json.dumps(c.params), timeout=30
+        )
         time.sleep(1.5)  # give a wrong second execution time to happen
         assert _flushdb_calls(client) - before == 1
         assert client.dbsize() == 0
@@ -169,8 +190,9 @@ def test_with_the_database_unreachable_a_destructive_command_is_refused(
         assert "cannot write to its database" in text and "nothing was run" in text, text
         click = block_actions_body(APPROVE_ACTION, rid, user_id="U0BOB", user_name="bob")
         assert post_signed(server.url, click, TEST_SIGNING_SECRET).status == 200
-        eph = fake.wait_for("chat.postEphemeral", lambda c: c.params.get("user") == "U0BOB",
-                            timeout=15)
+        eph = fake.wait_for(
+            "chat.postEphemeral", lambda c: c.params.get("user") == "U0BOB", timeout=15
+        )
         assert "nothing was run" in eph.params["text"]
         assert _flushdb_calls(client) == before
     finally:
@@ -187,8 +209,11 @@ def test_work_of_a_killed_bot_is_marked_interrupted_and_announced(
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(16)
-    env = {**env, "HQ_BACKEND_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
-           "HQ_HEALTH_TIMEOUT": "60"}
+    env = {
+        **env,
+        "HQ_BACKEND_URL": f"http://127.0.0.1:{silent.getsockname()[1]}",
+        "HQ_HEALTH_TIMEOUT": "60",
+    }
     first = Server(env, tmp_path, "first")
     engine = create_engine(env["HQ_DATABASE_URL"])
     try:
@@ -198,22 +223,27 @@ def test_work_of_a_killed_bot_is_marked_interrupted_and_announced(
         op_id = None
         while op_id is None and time.monotonic() < deadline:
             with engine.connect() as conn:
-                op_id = conn.execute(text(
-                    "SELECT id FROM operations WHERE command = 'health' AND state = 'running'"
-                )).scalar()
+                op_id = conn.execute(
+                    text("SELECT id FROM operations WHERE command = 'health' AND state = 'running'")
+                ).scalar()
             time.sleep(0.2)
         assert op_id, first.log_text()
         first.proc.kill()  # no goodbye: SIGKILL in the middle of the operation
         first.proc.wait(10)
         second = Server(env, tmp_path, "second")
         try:
-            note = fake.wait_for("chat.postMessage",
-                                 lambda c: c.params.get("channel") == "C0OPS"
-                                 and "interrupted" in c.params.get("text", ""), timeout=15)
+            note = fake.wait_for(
+                "chat.postMessage",
+                lambda c: (
+                    c.params.get("channel") == "C0OPS" and "interrupted" in c.params.get("text", "")
+                ),
+                timeout=15,
+            )
             assert op_id in note.params["text"]
             with engine.connect() as conn:
-                state = conn.execute(text("SELECT state FROM operations WHERE id = :id"),
-                                     {"id": op_id}).scalar()
+                state = conn.execute(
+                    text("SELECT state FROM operations WHERE id = :id"), {"id": op_id}
+                ).scalar()
             assert state == "interrupted"
         finally:
             second.stop()

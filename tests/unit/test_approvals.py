@@ -28,13 +28,15 @@ def _execute(plan: Plan, ctx: Any, progress: Any) -> Result:
 
 def _plan(args: Any, ctx: Any) -> Plan:
     target = ctx.settings.hq_ops_channel + ":" + str(TARGET["value"])
-    return Plan(command="boom", summary=f"boom {target}", steps=(Step("boom"),),
-                data={"target": target})
+    return Plan(
+        command="boom", summary=f"boom {target}", steps=(Step("boom"),), data={"target": target}
+    )
 
 
 TARGET = {"value": "a"}
-BOOM = CommandSpec(name="boom", summary="test destructive", plan=_plan, execute=_execute,
-                   destructive=True)
+BOOM = CommandSpec(
+    name="boom", summary="test destructive", plan=_plan, execute=_execute, destructive=True
+)
 
 
 @pytest.fixture
@@ -73,7 +75,10 @@ def _wait_state(bot: Any, rid: str, states: set[str], timeout: float = 10) -> st
 
 def test_a_destructive_command_needs_a_reason(bot: Any) -> None:
     _, body, _ = bot.command("boom")
-    assert "needs a second person" in json.loads(body)["text"] and "--reason" in json.loads(body)["text"]
+    assert (
+        "needs a second person" in json.loads(body)["text"]
+        and "--reason" in json.loads(body)["text"]
+    )
     assert bot.bot.requests.pending() == []
 
 
@@ -82,7 +87,7 @@ def test_the_card_shows_the_plan_and_buttons(bot: Any) -> None:
     card = bot.fake.wait_for("chat.postMessage", lambda c: "blocks" in c.params)
     text = json.dumps(card.params["blocks"])
     assert "boom C0OPS:a" in text and "testing" in text and rid in text
-    actions = [b for b in card.params["blocks"] if b["type"] == "actions"][0]
+    actions = next(b for b in card.params["blocks"] if b["type"] == "actions")
     assert {e["action_id"] for e in actions["elements"]} == {APPROVE_ACTION, DENY_ACTION}
     assert all(e["value"] == rid for e in actions["elements"])
 
@@ -111,18 +116,24 @@ def test_an_approver_runs_it_once_and_the_card_shows_who(bot: Any) -> None:
     assert RUNS == ["C0OPS:a"]
     request = bot.bot.requests.get(rid)
     updates = [c for c in bot.fake.calls_to("chat.update") if c.params.get("ts") == request.card_ts]
-    assert any("Approved" in json.dumps(c.params) and "U0BOB" in json.dumps(c.params) for c in updates)
+    assert any(
+        "Approved" in json.dumps(c.params) and "U0BOB" in json.dumps(c.params) for c in updates
+    )
     assert not any(b["type"] == "actions" for b in updates[-1].params["blocks"])
-    bot.fake.wait_for("chat.postMessage", lambda c: c.params.get("thread_ts") == request.card_ts
-                      and "boomed" in json.dumps(c.params))
+    bot.fake.wait_for(
+        "chat.postMessage",
+        lambda c: c.params.get("thread_ts") == request.card_ts and "boomed" in json.dumps(c.params),
+    )
     op = bot.bot.ops.get(request.op_id)
     assert op.state == "succeeded"
 
 
 def test_a_double_click_runs_once(bot: Any) -> None:
     rid = _request(bot)
-    threads = [threading.Thread(target=bot.click, args=(APPROVE_ACTION, rid, u))
-               for u in ("U0BOB", "U0BOB", "U0CAROL", "U0BOB")]
+    threads = [
+        threading.Thread(target=bot.click, args=(APPROVE_ACTION, rid, u))
+        for u in ("U0BOB", "U0BOB", "U0CAROL", "U0BOB")
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -16,7 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def _hq(env_file: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bot.cli", "--env-file", str(env_file), *args],
-        input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=60,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
 
 
@@ -69,5 +73,7 @@ def test_export_writes_every_row(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in jsonl.stdout.splitlines()]
     assert [r["seq"] for r in rows] == [1, 2, 3, 4]
     assert rows[1]["kind"] == "command.rejected"
-    table = list(csv.DictReader(io.StringIO(_hq(env_file, "audit", "export", "--format", "csv").stdout)))
+    table = list(
+        csv.DictReader(io.StringIO(_hq(env_file, "audit", "export", "--format", "csv").stdout))
+    )
     assert len(table) == 4 and table[0]["hash"] == rows[0]["hash"]

@@ -40,7 +40,7 @@ def test_unknown_command_is_rejected_with_a_hint_and_recorded(make_settings: Any
 
 def test_as_switches_the_acting_user(make_settings: Any) -> None:
     bot = Bot.create(make_settings())
-    code, out = _run(bot, "/as U0BOB\n/hq help\n/as bad name!\n")
+    _, out = _run(bot, "/as U0BOB\n/hq help\n/as bad name!\n")
     assert "Now acting as U0BOB" in out and "Usage: /as NAME" in out
     assert bot.ops.recent(1)[0].user_id == "U0BOB"
     bot.close()
@@ -51,7 +51,11 @@ def test_piped_console_runs_as_a_program(make_settings: Any, tmp_path: Path) -> 
     env_file.write_text(f"HQ_DATABASE_URL=sqlite:///{tmp_path}/c.db\n")
     proc = subprocess.run(
         [sys.executable, "-m", "bot.cli", "--env-file", str(env_file), "console"],
-        input="/hq help\n", capture_output=True, text=True, cwd=ROOT, timeout=60,
+        input="/hq help\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert "/hq help [CMD]" in proc.stdout

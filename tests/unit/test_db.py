@@ -4,10 +4,9 @@ from typing import Any
 
 from sqlalchemy import inspect
 
-from approvals.db import make_engine, upgrade
+from approvals.db import make_engine, session_factory, upgrade
 from approvals.models import OpState
 from approvals.operations import OperationStore
-from approvals.db import session_factory
 
 
 def _store(url: str) -> OperationStore:
@@ -19,8 +18,15 @@ def _store(url: str) -> OperationStore:
 
 
 def _exercise(store: OperationStore) -> None:
-    op = store.create(source="console", user_id="U1", user_name="a", channel_id="C",
-                      text="health", state=OpState.QUEUED, command="health")
+    op = store.create(
+        source="console",
+        user_id="U1",
+        user_name="a",
+        channel_id="C",
+        text="health",
+        state=OpState.QUEUED,
+        command="health",
+    )
     assert store.transition(op, [OpState.QUEUED], OpState.RUNNING)
     assert not store.transition(op, [OpState.QUEUED], OpState.RUNNING)  # exactly once
     assert store.transition(op, [OpState.RUNNING], OpState.SUCCEEDED, result_summary="fine")

@@ -26,7 +26,11 @@ def _spec(name: str, **kwargs: object) -> CommandSpec:
 
 REGISTRY = build(
     [
-        _spec("logs", args=(Arg("service"),), options=(Option("--tail", parse=_positive, default=100, metavar="N"), Option("--grep"))),
+        _spec(
+            "logs",
+            args=(Arg("service"),),
+            options=(Option("--tail", parse=_positive, default=100, metavar="N"), Option("--grep")),
+        ),
         _spec("backup now"),
         _spec("backup list"),
         _spec("restore", args=(Arg("backup", metavar="ID|latest"),), destructive=True),
@@ -38,7 +42,10 @@ REGISTRY = build(
 def test_smart_quotes_and_long_dashes_are_undone() -> None:
     assert normalize("logs backend \u2014tail 5 \u201cx y\u201d") == 'logs backend --tail 5 "x y"'
     assert tokenize("logs backend \u2014grep \u201cconnection refused\u201d") == [
-        "logs", "backend", "--grep", "connection refused"
+        "logs",
+        "backend",
+        "--grep",
+        "connection refused",
     ]
 
 
@@ -111,4 +118,7 @@ def test_plan_digest_changes_with_its_content() -> None:
     a = Plan(command="restore", summary="restore b-1", data={"backup": "b-1"})
     b = Plan(command="restore", summary="restore b-1", data={"backup": "b-2"})
     assert a.digest() != b.digest()
-    assert a.digest() == Plan(command="restore", summary="restore b-1", data={"backup": "b-1"}).digest()
+    assert (
+        a.digest()
+        == Plan(command="restore", summary="restore b-1", data={"backup": "b-1"}).digest()
+    )
