@@ -15,6 +15,7 @@ from bot.core import Responder
 from bot.slack import APPROVE_ACTION as APPROVE
 from bot.slack import DENY_ACTION as DENY
 from bot.slack import SlackResponder
+from commands.spec import Result
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,27 @@ class SlackCards:
         if self.ops_channel:
             self.client.chat_postMessage(channel=self.ops_channel, text=text)
 
+    def post_result(self, result: Result, heading: str) -> None:
+        """Post a result (a job's, a digest) in the ops channel, files in its thread."""
+        if not self.ops_channel:
+            return
+        blocks = [
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": heading}]},
+            *render.blocks(result),
+        ]
+        response = self.client.chat_postMessage(
+            channel=self.ops_channel, text=f"{heading}: {result.title}"[:3000], blocks=blocks[:50]
+        )
+        if result.attachments:
+            self.client.files_upload_v2(
+                channel=str(response["channel"]),
+                thread_ts=str(response["ts"]),
+                file_uploads=[
+                    {"content": a.content, "filename": a.filename, "title": a.title or a.filename}
+                    for a in result.attachments
+                ],
+            )
+
     def responder(self, request: ApprovalRequest) -> Responder | None:
         if not request.card_ts:
             return None
@@ -191,6 +213,9 @@ class ConsoleCards:
 
     def announce(self, text: str) -> None:
         self._print(text)
+
+    def post_result(self, result: Result, heading: str) -> None:
+        self._print(f"{heading}\n{render.text(result)}")
 
     def responder(self, request: ApprovalRequest) -> Responder | None:
         return None

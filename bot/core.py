@@ -4,6 +4,7 @@ bounded worker pool, reporting through the door's :class:`Responder`."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -18,11 +19,18 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from approvals.audit import AuditError, AuditTrail, load_key
 from approvals.db import make_engine, session_factory, upgrade
-from approvals.models import ApprovalRequest, Operation, OpState, ReqState, utcnow
+from approvals.models import (
+    FINAL_STATES,
+    ApprovalRequest,
+    Operation,
+    OpState,
+    ReqState,
+    utcnow,
+)
 from approvals.operations import OperationStore, new_id
 from approvals.policy import Policy
 from approvals.requests import ApprovalPolicy, Decision, GroupResolver, Requests
-from bot import logs
+from bot import logs, observability
 from bot.settings import Settings
 from commands.parser import Parsed, parse
 from commands.redact import Redactor, default_redactor
@@ -54,6 +62,8 @@ class Cards(Protocol):
 
     def announce(self, text: str) -> None: ...
 
+    def post_result(self, result: Result, heading: str) -> None: ...
+
     def responder(self, request: ApprovalRequest) -> Responder | None: ...
 
 
@@ -72,6 +82,9 @@ class LogCards:
 
     def announce(self, text: str) -> None:
         log.warning("announcement: %s", text)
+
+    def post_result(self, result: Result, heading: str) -> None:
+        log.info("%s: %s", heading, result.title)
 
     def responder(self, request: ApprovalRequest) -> Responder | None:
         return None
@@ -163,6 +176,8 @@ class Bot:
     cards: Cards = field(default_factory=LogCards)
     registry: Mapping[str, CommandSpec] = field(default_factory=lambda: REGISTRY)
     engine: Any = None
+    scheduler: Any = None
+    slack_client: Any = None
     _running: set[str] = field(default_factory=set)
     _running_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -238,6 +253,8 @@ class Bot:
             **fields,
         )
         event = {"text": row["text"][:500], **(data or {})}
+        if state in FINAL_STATES:
+            observability.COMMANDS.labels(command or "(none)", state.value).inc()
         try:
             self.audit.append(
                 kind,
@@ -325,11 +342,10 @@ class Bot:
             )
         if spec.immediate:
             result = self._execute(spec, plan, ctx, lambda _line: None)
+            final = OpState.SUCCEEDED if result.ok else OpState.FAILED
+            observability.COMMANDS.labels(spec.name, final.value).inc()
             self.ops.transition(
-                op_id,
-                [OpState.RUNNING],
-                OpState.SUCCEEDED if result.ok else OpState.FAILED,
-                result_summary=self.redact(result.title)[:1000],
+                op_id, [OpState.RUNNING], final, result_summary=self.redact(result.title)[:1000]
             )
             future = ctx.followups[0] if ctx.followups else None
             return Reply(
@@ -478,6 +494,11 @@ class Bot:
             data={"verb": verb, "outcome": decision.message},
         )
         if request is not None and decision.changed:
+            observability.APPROVALS.labels(str(request.state)).inc()
+            created = request.created_at
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=dt.UTC)
+            observability.APPROVAL_LATENCY.observe((utcnow() - created).total_seconds())
             if request.state in (ReqState.DENIED, ReqState.CANCELLED, ReqState.EXPIRED):
                 self.ops.transition(
                     request.op_id,
@@ -590,6 +611,7 @@ class Bot:
         self, request: ApprovalRequest, responder: Responder | None, result: Result, ran: bool
     ) -> Result:
         state = ReqState.SUCCEEDED if result.ok else ReqState.FAILED
+        observability.COMMANDS.labels(request.command, state.value).inc()
         summary = self.redact(result.title)[:1000]
         self.requests.move(
             request.id, [ReqState.RUNNING], state, outcome=summary, finished_at=utcnow()
@@ -674,6 +696,31 @@ class Bot:
         ]
         return Result(ok=True, title=f"Last {len(lines)} audit event(s)", text="\n".join(lines))
 
+    def schedule_result(self) -> Result:
+        if self.scheduler is None:
+            return Result(ok=False, title="No scheduler in this process.")
+        nexts = self.scheduler.next_runs()
+        lasts = self.scheduler.last_runs()
+        rows = []
+        for name, job in self.scheduler.jobs.items():
+            last = lasts.get(name)
+            when = nexts.get(name)
+            detail = (
+                f"`{job.cron}` {job.summary}; next {when:%Y-%m-%d %H:%M:%S} UTC" if when else ""
+            )
+            status = Status.UNKNOWN
+            if last is not None:
+                outcome = "running" if last.ok is None else ("ok" if last.ok else "FAILED")
+                detail += f"; last {last.due_at:%Y-%m-%d %H:%M} {outcome}: {last.summary[:120]}"
+                status = (
+                    Status.OK if last.ok else (Status.UNKNOWN if last.ok is None else Status.FAIL)
+                )
+            rows.append(Row(name, status, detail))
+        leader = "this replica leads" if self.scheduler.leading else "another replica leads"
+        if not self.settings.hq_scheduler_enabled:
+            leader = "the scheduler is off (HQ_SCHEDULER_ENABLED)"
+        return Result(ok=True, title=f"{len(rows)} scheduled jobs ({leader})", rows=tuple(rows))
+
     def audit_verify_result(self) -> Result:
         check = self.audit.verify()
         if check.ok:
@@ -743,6 +790,7 @@ class Bot:
             self._safe(responder.started, op_id, f"`{spec.name}`: {plan.summary}")
             result = self._execute(spec, plan, ctx, self._progress(op_id, responder, spec.name))
             state = OpState.SUCCEEDED if result.ok else OpState.FAILED
+            observability.COMMANDS.labels(spec.name, state.value).inc()
             summary = self.redact(result.title)[:1000]
             self.ops.transition(
                 op_id,
@@ -851,5 +899,7 @@ class Bot:
     def close(self) -> None:
         self._stop.set()
         self.pool.shutdown(wait=True)
+        if self.infra is not None and hasattr(self.infra, "close"):
+            self.infra.close()
         if self.engine is not None:
             self.engine.dispose()

@@ -31,7 +31,7 @@ def chunks(text: str, size: int = SECTION_LIMIT) -> list[str]:
     return out
 
 
-def _row_text(row: Row) -> str:
+def row_text(row: Row) -> str:
     timing = f" _({row.seconds:.2f} s)_" if row.seconds is not None else ""
     detail = f": {row.detail}" if row.detail else ""
     return f"{ICON[row.status]} *{row.name}*{detail}{timing}"
@@ -46,7 +46,7 @@ def blocks(result: Result) -> list[dict[str, Any]]:
     for chunk in chunks(result.text):
         out.append({"type": "section", "text": {"type": "mrkdwn", "text": chunk}})
     if result.rows:
-        lines = "\n".join(_row_text(r) for r in result.rows)
+        lines = "\n".join(row_text(r) for r in result.rows)
         for chunk in chunks(lines):
             out.append({"type": "section", "text": {"type": "mrkdwn", "text": chunk}})
     if len(out) > MAX_BLOCKS:

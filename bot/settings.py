@@ -10,7 +10,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SLACK_ID = re.compile(r"^[UWBS][A-Z0-9]{2,20}$")
@@ -93,6 +100,46 @@ class Settings(BaseSettings):
     hq_approval_commands: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Extra commands that need approval, comma separated (e.g. `restart,scale`).",
+    )
+
+    # --- Scheduler, alerts, the bot's own metrics ----------------------------------------------
+    hq_scheduler_enabled: bool = Field(
+        default=True, description="Run scheduled jobs (one replica leads at a time)."
+    )
+    hq_schedule_backup: str = Field(
+        default="0 2 * * *", description="Cron of the database backup (then retention)."
+    )
+    hq_schedule_minio: str = Field(
+        default="0 3 * * 0", description="Cron of the MinIO mirror (Sunday 03:00, as the guide)."
+    )
+    hq_schedule_digest: str = Field(
+        default="0 8 * * *", description="Cron of the health digest in the ops channel."
+    )
+    hq_schedule_metrics: str = Field(
+        default="* * * * *", description="Cron of the metrics evaluation (alerts)."
+    )
+    hq_schedule_tls: str = Field(default="0 9 * * *", description="Cron of the TLS expiry check.")
+    hq_schedule_timezone: str = Field(default="UTC", description="Time zone of the crons.")
+    hq_report_job_success: bool = Field(
+        default=True, description="Post successful job runs too (failures are always posted)."
+    )
+    hq_leader_poll_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="How often a replica checks who leads the jobs."
+    )
+    hq_alert_hold_seconds: float = Field(
+        default=300.0, ge=0, description="How long a condition must hold before it fires."
+    )
+    hq_alert_clear_margin: float = Field(
+        default=5.0, ge=0, description="Percentage points under the threshold to clear."
+    )
+    hq_alert_repeat_minutes: float = Field(
+        default=60.0, gt=0, description="Minutes before a firing alert is posted again."
+    )
+    hq_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="In Socket Mode, serve /healthz and /metrics on this port (127.0.0.1).",
     )
 
     # --- The Harmoniq deployment ---------------------------------------------------------------
@@ -188,10 +235,10 @@ class Settings(BaseSettings):
         default=80, gt=0, le=100, description="Alert above this % of usable max_connections."
     )
     hq_alert_redis_memory_percent: float = Field(
-        default=80, gt=0, le=100, description="Alert above this % of Redis maxmemory."
+        default=80, gt=0, le=100, description="Warn at or above this % of Redis maxmemory."
     )
     hq_alert_disk_percent: float = Field(
-        default=85, gt=0, le=100, description="Alert above this % of a disk's capacity."
+        default=85, gt=0, le=100, description="Warn at or above this % of a disk's capacity."
     )
     hq_alert_cpu_percent: float = Field(
         default=80, gt=0, description="Alert above this container CPU % (100 = one core)."
@@ -200,6 +247,77 @@ class Settings(BaseSettings):
         default=90, gt=0, le=100, description="Alert above this % of a container's memory limit."
     )
     # --- end of issue 3 block ------------------------------------------------------------------
+
+    # --- Database backups and restore (issue 5) --------------------------------------------------
+    hq_backup_bucket: str = Field(
+        default="harmoniq-backups",
+        description="S3 bucket that gets a copy of every backup (created if missing); `none` "
+        "(or an empty value given programmatically) keeps backups on disk only.",
+    )
+    hq_backup_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of 32 random bytes (`openssl rand -base64 32`): encrypts backups at "
+        "rest with AES-256-GCM. Unset: backups are stored unencrypted. Keep a copy elsewhere.",
+    )
+    hq_backup_keep_daily: int = Field(
+        default=7, ge=0, le=3650, description="Retention: keep the newest backup of N days."
+    )
+    hq_backup_keep_weekly: int = Field(
+        default=4, ge=0, le=520, description="Retention: keep the newest backup of M ISO weeks."
+    )
+    hq_backup_timeout: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86400,
+        description="Seconds a dump, a full-read check or a restore may take before it is killed.",
+    )
+    hq_backup_part_mb: int = Field(
+        default=16,
+        ge=5,
+        le=512,
+        description="S3 multipart part size in MiB (objects up to 10,000 parts; ~2 parts in memory).",
+    )
+    hq_pg_restore: str = Field(
+        default="pg_restore",
+        description="The host's pg_restore (PostgreSQL client, same major version as the server "
+        "or newer): verifies archives and restores over TCP.",
+    )
+    hq_restore_jobs: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="pg_restore -j for unencrypted backups. 1 restores in one transaction (all or "
+        "nothing); more is faster, but a failure leaves a partial restore.",
+    )
+    hq_restore_health_wait: float = Field(
+        default=120.0,
+        gt=0,
+        le=1800,
+        description="Seconds to wait for backend /health after a restore.",
+    )
+    # --- end of issue 5 block ------------------------------------------------------------------
+
+    # --- MinIO backup: mirror of the uploads bucket -----------------------------------------------
+    hq_minio_backup_dir: Path | None = Field(
+        default=None,
+        description="Folder that `/hq minio backup` mirrors the uploads bucket into (like "
+        "`mc mirror`); unset: `<HQ_BACKUP_DIR>/minio`.",
+    )
+    hq_minio_mirror_bucket: str = Field(
+        default="",
+        description="A second bucket on the same S3 endpoint that also gets a copy of every "
+        "object (server-side copy); empty or `none`: off.",
+    )
+    hq_minio_backup_workers: int = Field(
+        default=4, ge=1, le=32, description="Objects `/hq minio backup` copies at a time."
+    )
+    hq_minio_backup_read_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds one read from S3 may wait during a mirror before the object fails.",
+    )
+    # --- end of MinIO backup block ----------------------------------------------------------------
 
     @field_validator(
         "hq_approvers", "hq_operators", "hq_compose_command", "hq_approval_commands", mode="before"
@@ -236,6 +354,20 @@ class Settings(BaseSettings):
     def _service(cls, value: str) -> str:
         if not SERVICE_NAME.match(value):
             raise ValueError(f"{value!r} is not a compose name (lower case, digits, - _ .)")
+        return value
+
+    @field_validator(
+        "hq_schedule_backup",
+        "hq_schedule_minio",
+        "hq_schedule_digest",
+        "hq_schedule_metrics",
+        "hq_schedule_tls",
+    )
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from bot.cron import trigger
+
+        trigger(value)
         return value
 
     @field_validator("hq_log_level")
@@ -303,6 +435,57 @@ class Settings(BaseSettings):
         return value
 
     # --- end of issue 3 validators ---------------------------------------------------------------
+
+    # --- issue 5 validators ----------------------------------------------------------------------
+    @field_validator("hq_backup_bucket")
+    @classmethod
+    def _backup_bucket(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() in {"", "none", "off", "-"}:
+            return ""
+        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", value):
+            raise ValueError(f"{value!r} is not an S3 bucket name (or `none`)")
+        return value
+
+    @field_validator("hq_backup_key")
+    @classmethod
+    def _backup_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        import base64
+        import binascii
+
+        try:
+            raw = base64.b64decode(value.get_secret_value().strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("expected base64 (e.g. from `openssl rand -base64 32`)") from None
+        if len(raw) != 32:
+            raise ValueError(f"expected base64 of 32 bytes, got {len(raw)} bytes")
+        return value
+
+    @field_validator("hq_pg_restore")
+    @classmethod
+    def _program(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_./-]{1,255}$", value):
+            raise ValueError(f"{value!r} is not a program name or path")
+        return value
+
+    # --- end of issue 5 validators ---------------------------------------------------------------
+
+    # --- MinIO backup validators ------------------------------------------------------------------
+    @field_validator("hq_minio_mirror_bucket")
+    @classmethod
+    def _mirror_bucket(cls, value: str, info: ValidationInfo) -> str:
+        value = value.strip()
+        if value.lower() in {"", "none", "off", "-"}:
+            return ""
+        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", value):
+            raise ValueError(f"{value!r} is not an S3 bucket name (or `none`)")
+        if value == info.data.get("hq_s3_bucket"):
+            raise ValueError("the mirror bucket must differ from HQ_S3_BUCKET")
+        return value
+
+    # --- end of MinIO backup validators -----------------------------------------------------------
 
     @model_validator(mode="after")
     def _tokens(self) -> Settings:

@@ -225,6 +225,20 @@ def build_app(
 
         return handler
 
+    @app.event("app_home_opened")
+    def on_home(event: dict[str, Any], client: WebClient) -> None:
+        user = str(event.get("user", ""))
+        if event.get("tab", "home") == "home" and user:
+            door.submit(publish_home, user, client)
+
+    def publish_home(user: str, client: WebClient) -> None:
+        from bot.home import home_view
+
+        try:
+            client.views_publish(user_id=user, view=home_view(bot, user))
+        except Exception:
+            log.exception("publishing the App Home tab failed")
+
     app.action(APPROVE_ACTION)(on_decision("approve"))
     app.action(DENY_ACTION)(on_decision("deny"))
     return app

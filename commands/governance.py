@@ -34,6 +34,8 @@ class Governance(Protocol):
 
     def audit_verify_result(self) -> Result: ...
 
+    def schedule_result(self) -> Result: ...
+
 
 def request_id(text: str) -> str:
     if not REQUEST_ID.match(text):
@@ -95,7 +97,14 @@ def _audit_verify(plan: Plan, ctx: Context, progress: Progress) -> Result:
     return result
 
 
-_REQUEST = (Arg("request", parse=request_id, metavar="ID", help="the request id, e.g. rq-0a1b2c3d4e"),)
+def _schedule(plan: Plan, ctx: Context, progress: Progress) -> Result:
+    result: Result = ctx.governance.schedule_result()
+    return result
+
+
+_REQUEST = (
+    Arg("request", parse=request_id, metavar="ID", help="the request id, e.g. rq-0a1b2c3d4e"),
+)
 _EVERYONE = frozenset({Role.ANYONE})
 SECTION = "Approvals and audit"
 
@@ -151,6 +160,16 @@ SPECS = (
         plan=_plan_for("audit"),
         execute=_audit,
         roles=frozenset({Role.OPERATOR}),
+        immediate=True,
+        readonly=True,
+        section=SECTION,
+    ),
+    CommandSpec(
+        name="schedule",
+        summary="List scheduled jobs with their next run and last result.",
+        plan=_plan_for("schedule"),
+        execute=_schedule,
+        roles=_EVERYONE,
         immediate=True,
         readonly=True,
         section=SECTION,

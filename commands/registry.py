@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from commands import governance
+from commands import governance, health, metrics, minio_backup, ops, redis_admin, redis_cmds
 from commands import help as help_cmd
-from commands import redis_admin
 from commands.spec import CommandSpec
 
 
@@ -25,6 +24,11 @@ REGISTRY: Mapping[str, CommandSpec] = build(
     [
         *help_cmd.SPECS,
         *governance.SPECS,
+        *health.SPECS,
+        *ops.SPECS,
         *redis_admin.SPECS,
+        *redis_cmds.SPECS,
+        *metrics.SPECS,
+        *minio_backup.SPECS,
     ]
 )

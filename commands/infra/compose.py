@@ -31,10 +31,12 @@ class ComposeArgv:
 
     @classmethod
     def from_settings(cls, settings: Any) -> ComposeArgv:
+        """Given settings, return the builder. A relative compose file is made absolute
+        against the bot's working directory, since compose runs in the file's folder."""
         return cls(
             command=tuple(settings.hq_compose_command),
             project=settings.hq_compose_project,
-            file=Path(settings.hq_compose_file),
+            file=Path(settings.hq_compose_file).absolute(),
         )
 
     @property

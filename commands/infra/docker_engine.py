@@ -6,7 +6,9 @@ Containers are found by the compose labels (``com.docker.compose.project`` and
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -101,7 +103,6 @@ class ExecStream:
         chunks: Iterator[bytes],
         argv: Sequence[str],
         check: bool,
-        on_done: Callable[[], None] = lambda: None,
     ) -> None:
         self._api = api
         self._id = exec_id
@@ -109,16 +110,12 @@ class ExecStream:
         self.argv = tuple(argv)
         self.check = check
         self.exit_code: int | None = None
-        self._on_done = on_done
 
     def __iter__(self) -> Iterator[bytes]:
-        try:
-            for chunk in self._chunks:
-                if chunk:
-                    yield chunk
-            self.exit_code = self._wait_exit()
-        finally:
-            self._on_done()
+        for chunk in self._chunks:
+            if chunk:
+                yield chunk
+        self.exit_code = self._wait_exit()
         if self.check and self.exit_code != 0:
             raise CommandFailed(self.argv, self.exit_code)
 
@@ -128,12 +125,44 @@ class ExecStream:
             info = self._api.exec_inspect(self._id)
             if not info.get("Running") and info.get("ExitCode") is not None:
                 return int(info["ExitCode"])
-            threading.Event().wait(0.1)
+            time.sleep(0.1)
         return -1
 
     def read(self) -> bytes:
         """Return the whole output (for small outputs)."""
         return b"".join(self)
+
+    def close(self) -> None:
+        """Stop reading: close the connection to the engine, so the command inside the
+        container gets a broken pipe on its next write (a consumer that gave up stops it)."""
+        closer = getattr(self._chunks, "close", None)
+        if callable(closer):
+            closer()
+
+
+class _Demuxed:
+    """The stdout pieces of a demultiplexed exec stream; stderr pieces go to a callback."""
+
+    def __init__(self, frames: Any, on_stderr: Callable[[bytes], None]) -> None:
+        self._frames = frames
+        self._iter = iter(frames)
+        self._on_stderr = on_stderr
+
+    def __iter__(self) -> _Demuxed:
+        return self
+
+    def __next__(self) -> bytes:
+        while True:
+            out, err = next(self._iter)
+            if err:
+                self._on_stderr(err)
+            if out:
+                return bytes(out)
+
+    def close(self) -> None:
+        closer = getattr(self._frames, "close", None)
+        if callable(closer):
+            closer()
 
 
 class DockerEngine:
@@ -234,12 +263,17 @@ class DockerEngine:
         stderr: bool = False,
         check: bool = True,
         environment: dict[str, str] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
     ) -> ExecStream:
         """Start ``argv`` in the service's running container and return its output stream
-        (stdout only unless ``stderr``). Raise InfraError when it cannot be started."""
+        (stdout only unless ``stderr``). With ``on_stderr``, stderr is kept apart from the
+        output and each piece of it is handed to that function. Raise InfraError when it cannot
+        be started."""
         words = tuple(argv)
         if isinstance(argv, str) or not words:
             raise TypeError("argv must be a non-empty sequence of strings")
+        if on_stderr is not None and stderr:
+            raise ValueError("stderr=True mixes stderr into the output; on_stderr keeps it apart")
         target = self.container(service)
         api = self.client.api
         what = f"exec `{display_argv(words)}` in {target.name}"
@@ -249,28 +283,27 @@ class DockerEngine:
                 target.id,
                 list(words),
                 stdout=True,
-                stderr=stderr,
+                stderr=stderr or on_stderr is not None,
                 user=user or "",
                 environment=environment,
             ),
         )
         exec_id = created["Id"]
+        if on_stderr is not None:
+            frames = self._call(what, lambda: api.exec_start(exec_id, stream=True, demux=True))
+            return ExecStream(api, exec_id, _Demuxed(frames, on_stderr), words, check)
         chunks = self._call(what, lambda: api.exec_start(exec_id, stream=True, demux=False))
         return ExecStream(api, exec_id, iter(chunks), words, check)
 
-    def logs(
-        self, service: str, *, tail: int = 100, since: datetime | int | None = None
-    ) -> str:
+    def logs(self, service: str, *, tail: int = 100, since: datetime | int | None = None) -> str:
         """Return the last ``tail`` lines (stdout and stderr, in order) of each of the
         service's containers."""
         parts = []
         for info in self.containers(service):
-            raw = self._call(
-                f"logs of {info.name}",
-                lambda info=info: self.client.api.logs(  # type: ignore[misc]
-                    info.id, stdout=True, stderr=True, tail=tail, since=since
-                ),
+            fetch = functools.partial(
+                self.client.api.logs, info.id, stdout=True, stderr=True, tail=tail, since=since
             )
+            raw = self._call(f"logs of {info.name}", fetch)
             parts.append(bytes(raw).decode("utf-8", errors="replace"))
         return "".join(parts)
 
@@ -294,10 +327,8 @@ class DockerEngine:
         """Restart every container of the service; return their names."""
         names = []
         for info in self.containers(service):
-            self._call(
-                f"restart {info.name}",
-                lambda info=info: self.client.api.restart(info.id, timeout=timeout),  # type: ignore[misc]
-            )
+            again = functools.partial(self.client.api.restart, info.id, timeout=timeout)
+            self._call(f"restart {info.name}", again)
             names.append(info.name)
         return names
 

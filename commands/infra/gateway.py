@@ -1,8 +1,9 @@
 """The one way hq-bot runs an external program: an argv tuple, never a shell string.
 
 Every ``docker compose``, ``git`` or ``pg_restore`` call goes through :func:`run` (or
-:func:`stream` for output too big to hold). Both raise when the program fails, with a message
-that is safe to show: the argv and a tail of stderr pass through the default redactor first.
+:func:`stream` for output too big to hold, :func:`feed` and :class:`Feed` for input too big
+to hold). All raise when the program fails, with a message that is safe to show: the argv and
+a tail of stderr pass through the default redactor first.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -241,3 +242,144 @@ def stream(
     """Given an argv tuple, start it and return a :class:`Stream` of its stdout. Raise
     CommandFailed at once when the program cannot be started."""
     return Stream(argv, timeout=timeout, stdin=stdin, cwd=cwd, env=env)
+
+
+class Feed:
+    """A running program whose stdin is written as data comes (a pg_restore fed a decrypted
+    backup). :meth:`write` pushes bytes, blocking while the program is busy; :meth:`close`
+    ends stdin, waits, and raises CommandFailed on a non-zero exit, CommandTimeout when it ran
+    longer than ``timeout``. Output is drained in the background and only its tail is kept
+    (``Completed.stdout`` is the last 64 KiB). Use it as a context manager: leaving without
+    :meth:`close` kills the program."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        cwd: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.argv = _check_argv(argv)
+        self.timeout = timeout
+        self.returncode: int | None = None
+        self.stopped_reading = False
+        self._started = time.monotonic()
+        self._stdout: deque[bytes] = deque(maxlen=16)
+        self._stderr: deque[bytes] = deque(maxlen=64)
+        self._timed_out = threading.Event()
+        try:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=_env(env),
+                bufsize=0,
+            )
+        except OSError as exc:
+            raise CommandFailed(self.argv, 127, exc.strerror or type(exc).__name__) from None
+        self._drains = [
+            threading.Thread(target=self._drain, args=(self._proc.stdout, self._stdout)),
+            threading.Thread(target=self._drain, args=(self._proc.stderr, self._stderr)),
+        ]
+        for thread in self._drains:
+            thread.daemon = True
+            thread.start()
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    @staticmethod
+    def _drain(pipe: IO[bytes] | None, keep: deque[bytes]) -> None:
+        assert pipe is not None
+        while chunk := os.read(pipe.fileno(), CHUNK):
+            keep.append(chunk)
+
+    def _expire(self) -> None:
+        if self._proc.poll() is None:
+            self._timed_out.set()
+            self._proc.kill()
+
+    def write(self, data: bytes | memoryview) -> bool:
+        """Given bytes, write them all to the program's stdin. Return False (and drop the
+        data) once the program has stopped reading (it exited or closed stdin); :meth:`close`
+        then tells why."""
+        if self.stopped_reading:
+            return False
+        pipe = self._proc.stdin
+        assert pipe is not None
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(pipe.fileno(), view)
+                view = view[written:]
+        except (BrokenPipeError, ValueError, OSError):
+            self.stopped_reading = True
+            return False
+        return True
+
+    def close(self) -> Completed:
+        """End stdin, wait for the program and return what it printed. Raise CommandFailed on
+        a non-zero exit, CommandTimeout when it was killed for running too long."""
+        pipe = self._proc.stdin
+        if pipe is not None and not pipe.closed:
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        self.returncode = self._proc.wait()
+        self._timer.cancel()
+        for thread in self._drains:
+            thread.join(timeout=5)
+        stderr = b"".join(self._stderr)
+        if self._timed_out.is_set():
+            raise CommandTimeout(self.argv, self.timeout, stderr)
+        if self.returncode != 0:
+            raise CommandFailed(self.argv, self.returncode, stderr)
+        seconds = time.monotonic() - self._started
+        return Completed(self.argv, 0, b"".join(self._stdout), stderr, seconds)
+
+    def kill(self) -> None:
+        """Stop the program if it still runs and release its pipes."""
+        self._timer.cancel()
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+
+    def __enter__(self) -> Feed:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.returncode is None:
+            self.kill()
+
+
+def feed(
+    argv: Sequence[str],
+    chunks: Iterable[bytes],
+    *,
+    timeout: float,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Completed:
+    """Given an argv tuple and an iterable of bytes, run the program with those bytes as its
+    stdin, without holding them in memory. Raise what the iterable raises (after killing the
+    program), CommandFailed on a non-zero exit, CommandTimeout after ``timeout`` seconds."""
+    with Feed(argv, timeout=timeout, cwd=cwd, env=env) as program:
+        for chunk in chunks:
+            if not program.write(chunk):
+                break
+        return program.close()

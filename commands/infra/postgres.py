@@ -56,6 +56,9 @@ def _reason(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     text = lines[0] if lines else type(exc).__name__
     text = re.sub(r"^connection failed:\s*", "", text)
+    text = re.sub(
+        r'^connection to server at "[^"]*"(?:\s*\([^)]*\))?, port \d+ failed:\s*', "", text
+    )
     return text[:300]
 
 
@@ -128,4 +131,6 @@ class Postgres:
         PostgreSQL cannot be asked."""
         with self.connect() as conn:
             row = conn.execute(USAGE_SQL).fetchone()
-        return ConnectionUsage(clients=int(row[0]), max_connections=int(row[1]), reserved=int(row[2]))
+        return ConnectionUsage(
+            clients=int(row[0]), max_connections=int(row[1]), reserved=int(row[2])
+        )

@@ -98,7 +98,7 @@ class S3:
         try:
             resp = http.get(self.endpoint + LIVE_PATH, timeout=self.timeout)
         except HttpError as exc:
-            raise InfraError(f"S3 at {self.endpoint}: {exc.message}") from None
+            raise InfraError(exc.message) from None
         if resp.status == 200:
             return True, f"{LIVE_PATH} answered 200"
         exists = self.bucket_exists()
