@@ -72,18 +72,34 @@ def main() -> None:
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "bot.cli", "serve", "--http", "--port", str(port)],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         try:
             _wait_healthy(f"http://127.0.0.1:{port}/healthz")
             if os.environ.get("HQ_BENCH_PROFILE"):
-                subprocess.Popen(["py-spy", "record", "-o", os.environ["HQ_BENCH_PROFILE"],
-                                  "-f", "raw", "-d", "4", "-p", str(proc.pid)])
+                subprocess.Popen(
+                    [
+                        "py-spy",
+                        "record",
+                        "-o",
+                        os.environ["HQ_BENCH_PROFILE"],
+                        "-f",
+                        "raw",
+                        "-d",
+                        "4",
+                        "-p",
+                        str(proc.pid),
+                    ]
+                )
             url = f"http://127.0.0.1:{port}/slack/events"
 
             def one(i: int) -> tuple[int, float]:
-                body = slash_command_body(args.text, user_id=f"U0B{i % 50:04d}",
-                                          response_url=fake.response_url("bench"))
+                body = slash_command_body(
+                    args.text, user_id=f"U0B{i % 50:04d}", response_url=fake.response_url("bench")
+                )
                 status, _, elapsed = post_signed(url, body, SECRET)
                 return status, elapsed
 
@@ -101,9 +117,11 @@ def main() -> None:
     latencies = [e * 1000 for s, e in results]
     bad = sum(1 for s, _ in results if s != 200)
     print(f"requests={args.requests} senders={args.senders} text={args.text!r} non_200={bad}")
-    print(f"p50={percentile(latencies, 50):.1f} ms  p99={percentile(latencies, 99):.1f} ms  "
-          f"max={max(latencies):.1f} ms  mean={statistics.mean(latencies):.1f} ms  "
-          f"throughput={args.requests / wall:.0f} req/s")
+    print(
+        f"p50={percentile(latencies, 50):.1f} ms  p99={percentile(latencies, 99):.1f} ms  "
+        f"max={max(latencies):.1f} ms  mean={statistics.mean(latencies):.1f} ms  "
+        f"throughput={args.requests / wall:.0f} req/s"
+    )
     print(f"cpu: server {server_cpu:.2f} s, bench client {client_cpu:.2f} s, wall {wall:.2f} s")
     if bad:
         raise SystemExit(1)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from bot.settings import Settings, SettingsError, load_settings
+from bot.settings_doc import rewrite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,3 +51,6 @@ def test_readme_documents_every_setting() -> None:
     table = {m.group(1) for m in re.finditer(r"^\| `([A-Z0-9_]+)` \|", readme, re.M)}
     missing = {name.upper() for name in Settings.model_fields} - table
     assert not missing, f"settings missing from the README table: {sorted(missing)}"
+    # The table is generated: defaults and meanings match the code (scripts/settings-table
+    # --write regenerates it).
+    assert rewrite(readme) == readme
