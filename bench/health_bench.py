@@ -30,8 +30,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     os.chdir(ROOT)
-    settings = load_settings(ROOT / "sandbox" / "hq-bot.env",
-                             hq_database_url="sqlite:///:memory:")
+    settings = load_settings(ROOT / "sandbox" / "hq-bot.env", hq_database_url="sqlite:///:memory:")
     infra = Infra(settings)
     bot = Bot.create(settings, infra=infra)
     ctx: RunContext = bot.context(Actor("bench", "bench", "", "console"), "bench")

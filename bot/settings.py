@@ -248,6 +248,45 @@ class Settings(BaseSettings):
     )
     # --- end of issue 3 block ------------------------------------------------------------------
 
+    # --- issue 6: secret rotation, upgrades, rollback ------------------------------------------
+    hq_deploy_dir: Path | None = Field(
+        default=None,
+        description="The deployment's git checkout (`upgrade app`, `rollback`); unset: the "
+        "compose file's folder.",
+    )
+    hq_git_remote: str = Field(default="origin", description="git remote `upgrade app` fetches.")
+    hq_git_branch: str = Field(
+        default="main", description="Branch of HQ_GIT_REMOTE that `upgrade app` goes to by default."
+    )
+    hq_git_fetch_timeout: float = Field(
+        default=2.0,
+        gt=0,
+        le=120,
+        description="Seconds `git fetch` may take while a plan is made (it runs before Slack's "
+        "3 s ack); slower: the plan shows the last fetched state and says so.",
+    )
+    hq_migrations_file: str = Field(
+        default="infra/db/migrations/latest.sql",
+        description="SQL run through psql in the postgres container after `upgrade app` "
+        "(relative to HQ_DEPLOY_DIR; skipped when the commit has no such file).",
+    )
+    hq_gate_timeout: float = Field(
+        default=90.0,
+        gt=0,
+        le=1800,
+        description="Seconds a recreated service has to prove healthy (rotate, upgrade, "
+        "rollback) before the change is undone or reported failed.",
+    )
+    hq_build_timeout: float = Field(
+        default=900.0, gt=0, le=7200, description="Seconds `docker compose build` may take."
+    )
+    hq_turn_address: str = Field(
+        default="127.0.0.1:3478",
+        description="host:port of coturn (UDP) for the TURN credential check after "
+        "`rotate turn-secret`.",
+    )
+    # --- end of issue 6 block ------------------------------------------------------------------
+
     # --- Database backups and restore (issue 5) --------------------------------------------------
     hq_backup_bucket: str = Field(
         default="harmoniq-backups",
@@ -275,7 +314,8 @@ class Settings(BaseSettings):
         default=16,
         ge=5,
         le=512,
-        description="S3 multipart part size in MiB (objects up to 10,000 parts; ~2 parts in memory).",
+        description="S3 multipart part size in MiB: objects up to 10,000 parts; about three "
+        "parts are in memory during an upload.",
     )
     hq_pg_restore: str = Field(
         default="pg_restore",
@@ -435,6 +475,31 @@ class Settings(BaseSettings):
         return value
 
     # --- end of issue 3 validators ---------------------------------------------------------------
+
+    # --- issue 6 validators ----------------------------------------------------------------------
+    @field_validator("hq_git_remote", "hq_git_branch")
+    @classmethod
+    def _git_name(cls, value: str) -> str:
+        from commands.infra.git import parse_ref
+
+        return parse_ref(value)
+
+    @field_validator("hq_migrations_file")
+    @classmethod
+    def _relative_file(cls, value: str) -> str:
+        parts = Path(value).parts
+        if not value or Path(value).is_absolute() or ".." in parts or value.startswith("-"):
+            raise ValueError("expected a path inside the checkout, like infra/db/migrations/x.sql")
+        return value
+
+    @field_validator("hq_turn_address")
+    @classmethod
+    def _turn_address(cls, value: str) -> str:
+        if not HOST_PORT.match(value) or not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError(f"{value!r} is not host:port (like 127.0.0.1:3478)")
+        return value
+
+    # --- end of issue 6 validators ---------------------------------------------------------------
 
     # --- issue 5 validators ----------------------------------------------------------------------
     @field_validator("hq_backup_bucket")

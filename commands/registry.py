@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from commands import governance, health, metrics, minio_backup, ops, redis_admin, redis_cmds
+from commands import (
+    backups,
+    governance,
+    health,
+    metrics,
+    minio_backup,
+    ops,
+    redis_admin,
+    redis_cmds,
+    rotate,
+    upgrade,
+)
 from commands import help as help_cmd
 from commands.spec import CommandSpec
 
@@ -30,5 +41,8 @@ REGISTRY: Mapping[str, CommandSpec] = build(
         *redis_cmds.SPECS,
         *metrics.SPECS,
         *minio_backup.SPECS,
+        *backups.SPECS,
+        *rotate.SPECS,
+        *upgrade.SPECS,
     ]
 )

@@ -339,12 +339,21 @@ def _iso(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).isoformat()
 
 
+def _timestamp(iso: str) -> float | None:
+    try:
+        return dt.datetime.fromisoformat(iso).timestamp() if iso else None
+    except ValueError:
+        return None
+
+
 def describe_error(exc: BaseException) -> str:
     """Given an exception from a store or the file system, return a short sentence with no
     secret in it (S3 error codes, OS error names, never a URL with a signature)."""
     if isinstance(exc, S3Error):
         if exc.code == "PreconditionFailed":
             return "changed while it was being mirrored (run again)"
+        if exc.code == "NoSuchKey":
+            return "deleted while it was being mirrored"
         return f"S3 {exc.code}"
     if isinstance(exc, MirrorError | UnsafeKey):
         return str(exc)
@@ -555,6 +564,9 @@ def fetch(store: Store, bucket: str, obj: Listed, dest: Path) -> Entry:
             raise MirrorError("the MD5 of the bytes received differs from the ETag")
         if os.path.isdir(dest) and not os.path.islink(dest):
             raise MirrorError("a folder of that name is in the way")
+        stamp = _timestamp(obj.last_modified)
+        if stamp is not None:  # the object's time, as `ls -l` of the backup should show
+            os.utime(tmp, (stamp, stamp))
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -633,7 +645,13 @@ class Mirror:
             self._verify_folder(root, manifest, listed, report)
             if job.mirror_bucket:
                 report.bucket_copy = self._mirror_bucket(manifest, listed)
-            manifest.save(manifest_path)
+            try:
+                manifest.save(manifest_path)
+            except OSError as exc:
+                raise InfraError(
+                    f"The copies are written, but the manifest in {root} is not "
+                    f"({describe_error(exc)}); the next run copies them again."
+                ) from None
         report.seconds = time.monotonic() - started
         return report
 
@@ -666,7 +684,12 @@ class Mirror:
         report: Report,
     ) -> None:
         present = {obj.key for obj in listed}
-        report.deleted = sorted(k for k in manifest.objects if k not in present)
+        for key in sorted(k for k in manifest.objects if k not in present):
+            kept = manifest.objects[key]
+            if local_state(root.joinpath(*key_to_relpath(key).parts), kept.folder) is None:
+                manifest.objects.pop(key)  # gone from the bucket and from the folder: forget it
+            else:
+                report.deleted.append(key)  # kept, like `mc mirror` without --remove
         todo: list[tuple[Listed, PurePosixPath]] = []
         for obj in listed:
             try:

@@ -19,8 +19,9 @@ from tests.harness import SlackBot, start_slack_bot
 @pytest.fixture
 def slack(sandbox_settings: Any) -> Iterator[SlackBot]:
     with FakeSlack(token=TEST_BOT_TOKEN, users={"U0ALICE": "alice"}) as fake:
-        settings = sandbox_settings(slack_bot_token=TEST_BOT_TOKEN,
-                                    slack_api_url=fake.base_url, hq_ops_channel="C0OPS")
+        settings = sandbox_settings(
+            slack_bot_token=TEST_BOT_TOKEN, slack_api_url=fake.base_url, hq_ops_channel="C0OPS"
+        )
         harness = start_slack_bot(fake, settings, infra=Infra(settings))
         try:
             yield harness
@@ -38,7 +39,7 @@ def _result(slack: SlackBot, needle: str) -> dict[str, Any]:
 
 
 def test_health_over_slack_posts_a_block_kit_summary(slack: SlackBot) -> None:
-    status, body, elapsed = slack.command("health")
+    status, _, elapsed = slack.command("health")
     assert status == 200 and elapsed < 1.0
     params = _result(slack, "postgres")
     text = json.dumps(params["blocks"])

@@ -3,6 +3,7 @@ the manifest, skip decisions, failures that leave nothing behind, and verificati
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -96,7 +97,7 @@ def tree(root: Path) -> dict[str, bytes]:
     return out
 
 
-# --- keys -> paths ---------------------------------------------------------------------------------
+# --- keys -> paths --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("key", "path"),
     [
@@ -151,7 +152,7 @@ def test_display_key_escapes_control_characters_and_backticks() -> None:
     assert display_key("k" * 200, limit=20) == "k" * 17 + "..."
 
 
-# --- decisions -------------------------------------------------------------------------------------
+# --- decisions ------------------------------------------------------------------------------------
 OBJ = Listed("a", 5, md5(b"hello"), LM)
 SAME = Entry(5, md5(b"hello"), LM, "sha")
 
@@ -178,7 +179,7 @@ def test_without_etags_the_modification_time_decides() -> None:
     assert copy_reason(obj, Entry(5, "", "2020-01-01T00:00:00+00:00", "sha"), 5) == "modified"
 
 
-# --- the manifest ----------------------------------------------------------------------------------
+# --- the manifest ---------------------------------------------------------------------------------
 def test_the_manifest_round_trips_and_is_written_atomically(tmp_path: Path) -> None:
     path = tmp_path / MANIFEST_NAME
     manifest = Manifest(bucket="uploads", objects={"a": SAME}, copies={"m": {"a": "e"}})
@@ -206,7 +207,7 @@ def test_a_missing_manifest_is_an_empty_one(tmp_path: Path) -> None:
     assert Manifest.load(tmp_path / MANIFEST_NAME, "uploads").objects == {}
 
 
-# --- runs ------------------------------------------------------------------------------------------
+# --- runs -----------------------------------------------------------------------------------------
 def test_first_run_copies_everything_and_verifies(tmp_path: Path) -> None:
     data = {"a.txt": b"hello", "dir/b.bin": b"\x00\x01" * 50, "dir/sub/c": b"", "photos/": b""}
     store = FakeStore(uploads=data)
@@ -224,6 +225,9 @@ def test_first_run_copies_everything_and_verifies(tmp_path: Path) -> None:
         "sha256": hashlib.sha256(b"hello").hexdigest(),
     }
     assert {c.name: c.ok for c in report.checks} == {"checksums": True, "object count": True}
+    stamp = (tmp_path / "a.txt").stat()
+    assert stamp.st_mtime == dt.datetime.fromisoformat(LM).timestamp()  # the object's time
+    assert stamp.st_mode & 0o777 == 0o600  # backups of user uploads are private
 
 
 def test_second_run_copies_nothing_and_a_changed_object_is_copied_again(tmp_path: Path) -> None:
@@ -255,6 +259,12 @@ def test_objects_deleted_from_the_bucket_keep_their_copy_and_are_reported(tmp_pa
     assert report.verified
     count = next(c for c in report.checks if c.name == "object count")
     assert "holds 1 of the bucket's 1" in count.detail and "1 more kept" in count.detail
+    (tmp_path / "gone").unlink()  # removed by hand too: forgotten, no longer reported
+    later = run(store, tmp_path)
+    assert (
+        later.deleted == []
+        and "gone" not in Manifest.load(tmp_path / MANIFEST_NAME, "uploads").objects
+    )
 
 
 def test_a_download_failing_half_way_leaves_no_partial_file(tmp_path: Path) -> None:
@@ -316,7 +326,11 @@ def test_hostile_keys_are_refused_and_nothing_escapes(tmp_path: Path) -> None:
     assert all(f.reason.startswith("unsafe key: ") for f in report.failed)
     assert report.copied == ["ok"] and not report.verified
     written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
-    assert written == {"deep/mirror/ok", f"deep/mirror/{MANIFEST_NAME}", "deep/mirror/.hq-mirror.lock"}
+    assert written == {
+        "deep/mirror/ok",
+        f"deep/mirror/{MANIFEST_NAME}",
+        "deep/mirror/.hq-mirror.lock",
+    }
     assert store.reads == ["ok"]  # a refused key is never even downloaded
 
 
@@ -369,7 +383,7 @@ def test_the_listing_failing_is_an_error_for_the_whole_run(tmp_path: Path) -> No
         run(Down(uploads={}), tmp_path)
 
 
-# --- the mirror bucket -----------------------------------------------------------------------------
+# --- the mirror bucket ----------------------------------------------------------------------------
 def test_the_mirror_bucket_gets_server_side_copies_incrementally(tmp_path: Path) -> None:
     store = FakeStore(uploads={"a": b"one", "b": b"two"}, mirror={})
     first = run(store, tmp_path, mirror_bucket="mirror")
@@ -399,3 +413,37 @@ def test_a_missing_mirror_bucket_fails_the_run_but_not_the_folder(tmp_path: Path
     assert report.copied == ["a"] and not report.verified
     assert report.bucket_copy is not None
     assert report.bucket_copy.failed[0].reason == "bucket nowhere does not exist; create it"
+
+
+def test_a_run_that_dies_half_way_has_recorded_what_it_wrote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mirror, "SAVE_EVERY", 0.0)  # save after every object
+
+    def die(*_args: Any) -> None:
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(Mirror, "_verify_folder", die)
+    store = FakeStore(uploads={"a": b"one", "b": b"two", "c": b"three"})
+    with pytest.raises(RuntimeError):
+        run(store, tmp_path)
+    recorded = Manifest.load(tmp_path / MANIFEST_NAME, "uploads").objects
+    assert set(recorded) >= {"a", "b"}  # the last one may land after the last save
+    monkeypatch.undo()
+    store.reads.clear()
+    report = run(store, tmp_path)
+    assert report.verified and len(report.copied) == 3 - len(recorded)
+
+
+def test_the_store_needs_both_keys_and_never_shows_them() -> None:
+    with pytest.raises(InfraError) as info:
+        mirror.MinioStore.connect(
+            "http://127.0.0.1:9",
+            {"MINIO_ACCESS_KEY": "AKIAVISIBLE123"},
+            connections=2,
+            connect_timeout=1,
+            read_timeout=1,
+        )
+    assert info.value.message == "The deployment's env file does not set MINIO_SECRET_KEY."
+    with pytest.raises(InfraError, match="not an http"):
+        mirror.MinioStore.connect("ftp://x", {}, connections=2, connect_timeout=1, read_timeout=1)

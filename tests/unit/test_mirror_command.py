@@ -91,7 +91,9 @@ def test_the_plan_names_the_mirror_bucket_and_a_relative_folder_is_made_absolute
     plan = parsed.spec.plan(parsed.args, ctx)
     assert plan.data["target"] == str(tmp_path / "rel" / "minio")
     assert plan.targets[-1] == "s3://uploads-mirror"
-    assert plan.steps[3] == Step("Copy new and changed objects to bucket uploads-mirror (server-side)")
+    assert plan.steps[3] == Step(
+        "Copy new and changed objects to bucket uploads-mirror (server-side)"
+    )
     assert "every unchanged file read back too" in plan.steps[2].title
     assert plan.data["workers"] == 2 and plan.data["verify_all"] is True
 
