@@ -110,3 +110,31 @@ def test_socket_mode_acks_the_envelope_and_replies(fake_slack: Any, make_setting
     finally:
         handler.close()
         bot.close()
+
+
+def test_app_home_shows_health_pending_approvals_and_backups(
+    fake_slack: Any, make_settings: Any
+) -> None:
+    from bot.core import Bot
+    from bot.slack import web_client
+
+    settings = make_settings(
+        slack_api_url=fake_slack.base_url, slack_app_token=TEST_APP_TOKEN, hq_health_timeout=0.5
+    )
+    bot = Bot.create(settings)
+    app = build_app(bot, web_client(settings), None)
+    handler = SocketModeHandler(app, TEST_APP_TOKEN)
+    handler.connect()
+    try:
+        sm = fake_slack.socket_mode
+        sm.wait_connected(timeout=10)
+        sm.send_event({"type": "app_home_opened", "user": "U0ALICE", "tab": "home"})
+        call = fake_slack.wait_for("views.publish", timeout=15)
+        assert call.params["user_id"] == "U0ALICE"
+        text = json.dumps(call.params["view"])
+        assert call.params["view"]["type"] == "home"
+        for part in ("Harmoniq", "Pending approvals", "Last backups"):
+            assert part in text
+    finally:
+        handler.close()
+        bot.close()
