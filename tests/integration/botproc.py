@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -10,7 +11,32 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.conftest import TEST_BOT_TOKEN, TEST_SIGNING_SECRET
 from tests.integration.conftest import ROOT, SANDBOX_ENV
+
+AUDIT_KEY = "integration-audit-key-0123456789abcdef"
+
+
+def bot_env(api_url: str, database_url: str, **extra: str) -> dict[str, str]:
+    """Return the environment of a bot process: this one's, minus any hq-bot or Slack setting,
+    plus the fake Slack, the database, a shared audit key and scheduled jobs kept far away (a
+    test that wants one sets its cron)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HQ_", "SLACK_"))}
+    return {
+        **base,
+        "SLACK_BOT_TOKEN": TEST_BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": TEST_SIGNING_SECRET,
+        "SLACK_API_URL": api_url,
+        "HQ_DATABASE_URL": database_url,
+        "HQ_AUDIT_KEY": AUDIT_KEY,
+        "HQ_OPS_CHANNEL": "C0OPS",
+        "HQ_SCHEDULE_BACKUP": "0 2 1 1 *",
+        "HQ_SCHEDULE_MINIO": "0 3 1 1 *",
+        "HQ_SCHEDULE_DIGEST": "0 4 1 1 *",
+        "HQ_SCHEDULE_TLS": "0 5 1 1 *",
+        "HQ_SCHEDULE_METRICS": "0 6 1 1 *",
+        **extra,
+    }
 
 
 def _port() -> int:

@@ -4,7 +4,6 @@ PostgreSQL database for the bot, signed Slack requests and the fake Slack."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import threading
@@ -18,10 +17,8 @@ import redis
 from bot.slack import APPROVE_ACTION
 from tests.conftest import TEST_BOT_TOKEN, TEST_SIGNING_SECRET
 from tests.fakeslack import FakeSlack, block_actions_body, post_signed, slash_command_body
-from tests.integration.botproc import Server
+from tests.integration.botproc import Server, bot_env
 from tests.pgcluster import Cluster
-
-AUDIT_KEY = "integration-audit-key-0123456789abcdef"
 
 
 @pytest.fixture
@@ -33,17 +30,7 @@ def fake() -> Iterator[FakeSlack]:
 
 @pytest.fixture
 def env(fake: FakeSlack, pg_url: str, sandbox: None) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HQ_", "SLACK_"))}
-    return {
-        **base,
-        "SLACK_BOT_TOKEN": TEST_BOT_TOKEN,
-        "SLACK_SIGNING_SECRET": TEST_SIGNING_SECRET,
-        "SLACK_API_URL": fake.base_url,
-        "HQ_DATABASE_URL": pg_url,
-        "HQ_AUDIT_KEY": AUDIT_KEY,
-        "HQ_APPROVERS": "U0BOB",
-        "HQ_OPS_CHANNEL": "C0OPS",
-    }
+    return bot_env(fake.base_url, pg_url, HQ_APPROVERS="U0BOB")
 
 
 def _sandbox_redis() -> redis.Redis:

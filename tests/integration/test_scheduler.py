@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,10 +19,8 @@ from sqlalchemy import create_engine, text
 
 from tests.conftest import TEST_BOT_TOKEN, TEST_SIGNING_SECRET
 from tests.fakeslack import FakeSlack, post_signed, slash_command_body
-from tests.integration.botproc import Server
+from tests.integration.botproc import Server, bot_env
 from tests.integration.conftest import ROOT, SANDBOX_ENV
-
-AUDIT_KEY = "scheduler-audit-key-0123456789abcdef"
 
 
 @pytest.fixture
@@ -34,22 +31,7 @@ def fake() -> Iterator[FakeSlack]:
 
 @pytest.fixture
 def env(fake: FakeSlack, pg_url: str, sandbox: None) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HQ_", "SLACK_"))}
-    return {
-        **base,
-        "SLACK_BOT_TOKEN": TEST_BOT_TOKEN,
-        "SLACK_SIGNING_SECRET": TEST_SIGNING_SECRET,
-        "SLACK_API_URL": fake.base_url,
-        "HQ_DATABASE_URL": pg_url,
-        "HQ_AUDIT_KEY": AUDIT_KEY,
-        "HQ_OPS_CHANNEL": "C0OPS",
-        # Keep the other jobs far away; the tests drive the one they need.
-        "HQ_SCHEDULE_BACKUP": "0 2 1 1 *",
-        "HQ_SCHEDULE_MINIO": "0 3 1 1 *",
-        "HQ_SCHEDULE_DIGEST": "0 4 1 1 *",
-        "HQ_SCHEDULE_TLS": "0 5 1 1 *",
-        "HQ_SCHEDULE_METRICS": "0 6 1 1 *",
-    }
+    return bot_env(fake.base_url, pg_url)
 
 
 def _run_job(env: dict[str, str], name: str) -> subprocess.CompletedProcess[str]:
