@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from approvals.audit import AuditError, AuditTrail, load_key
 from approvals.db import make_engine, session_factory, upgrade
@@ -210,6 +211,11 @@ class Bot:
     @property
     def governance(self) -> Bot:
         return self
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """Sessions of the bot's own database (catalogues, job runs, alert states)."""
+        return self.requests.sessions
 
     # --- the one path -----------------------------------------------------------------------
     def submit(self, actor: Actor, text: str, responder: Responder) -> Reply:

@@ -43,7 +43,7 @@ def human(size: float) -> str:
 
 def backup_history(bot: Any, days: int = 30) -> list[Backup]:
     since = utcnow() - dt.timedelta(days=days)
-    with bot.ops._sessions() as session:
+    with bot.sessions() as session:
         return list(
             session.scalars(
                 select(Backup)
@@ -54,7 +54,7 @@ def backup_history(bot: Any, days: int = 30) -> list[Backup]:
 
 
 def backup_row(bot: Any, now: dt.datetime) -> Row:
-    with bot.ops._sessions() as session:
+    with bot.sessions() as session:
         last = session.scalars(
             select(Backup)
             .where(Backup.state == "complete", Backup.deleted_at.is_(None))
@@ -74,7 +74,7 @@ def backup_row(bot: Any, now: dt.datetime) -> Row:
 
 
 def mirror_row(bot: Any, now: dt.datetime) -> Row:
-    with bot.ops._sessions() as session:
+    with bot.sessions() as session:
         last = session.scalars(
             select(MirrorRun).order_by(MirrorRun.started_at.desc()).limit(1)
         ).first()
@@ -91,7 +91,7 @@ def mirror_row(bot: Any, now: dt.datetime) -> Row:
 
 def alert_lines(bot: Any, now: dt.datetime) -> list[str]:
     since = now - dt.timedelta(hours=24)
-    with bot.ops._sessions() as session:
+    with bot.sessions() as session:
         events = list(
             session.scalars(
                 select(AuditEvent)

@@ -38,7 +38,7 @@ def home_view(bot: Any, user_id: str) -> dict[str, Any]:
             },
         }
     )
-    with bot.ops._sessions() as session:
+    with bot.sessions() as session:
         backups = list(
             session.scalars(
                 select(Backup)

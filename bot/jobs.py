@@ -101,7 +101,7 @@ def minio_job(bot: Any, due: dt.datetime) -> Result:
 
 def _evaluate(bot: Any, names: list[str], job: str, due: dt.datetime) -> Result:
     rules = rules_from_settings(bot.settings)
-    alerts = Alerts(bot.ops._sessions, rules)
+    alerts = Alerts(bot.sessions, rules)
     readings = read_metrics(bot.infra, bot.settings, [n for n in names if n in rules])
     notices = alerts.evaluate(readings)
     for reading in readings:

@@ -177,7 +177,7 @@ class Scheduler:
         time is refused. Return its result."""
         job = self.jobs[name]
         due = (due or utcnow()).replace(microsecond=0)
-        sessions = self.bot.ops._sessions
+        sessions = self.bot.sessions
         try:
             with sessions.begin() as session:
                 session.add(JobRun(job=name, due_at=due, runner=OWNER, started_at=utcnow()))
@@ -209,7 +209,7 @@ class Scheduler:
 
     # --- reading -----------------------------------------------------------------------------
     def last_runs(self) -> dict[str, JobRun]:
-        sessions = self.bot.ops._sessions
+        sessions = self.bot.sessions
         last: dict[str, JobRun] = {}
         with sessions() as session:
             for name in self.jobs:
