@@ -30,9 +30,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 
-from sqlalchemy import Connection, Engine, String, func, insert, select, text, type_coerce
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+    text,
+    type_coerce,
+)
 from sqlalchemy.engine import make_url
 
 from approvals.models import AuditEvent
@@ -40,6 +50,7 @@ from bot.settings import Settings, SettingsError
 from commands.redact import Redactor, default_redactor
 
 log = logging.getLogger(__name__)
+AUDIT_TABLE = cast(Table, AuditEvent.__table__)
 
 GENESIS = "0" * 64
 LOCK_ID = 0x68712D6175646974  # "hq-audit": the advisory lock every writer takes
@@ -258,7 +269,8 @@ class AuditTrail:
                 prev = GENESIS if last is None else str(last.hash)
                 for slot in batch:
                     for table, values in slot.also:
-                        conn.execute(insert(table).values(**values))
+                        # Core table and bound parameters: the statement stays cached.
+                        conn.execute(insert(getattr(table, "__table__", table)), [dict(values)])
                 rows = []
                 for slot in batch:
                     seq += 1
@@ -268,7 +280,7 @@ class AuditTrail:
                     row["at"] = dt.datetime.now(dt.UTC)
                     row["hash"] = prev = sign(self._key, row)
                     rows.append(row)
-                conn.execute(insert(AuditEvent), rows)
+                conn.execute(insert(AUDIT_TABLE), rows)
         except Exception as exc:
             error = _failure("recording an event", exc, self._redact)
             for slot in batch:
