@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +23,8 @@ from approvals.db import make_engine, session_factory, upgrade
 from approvals.models import (
     FINAL_STATES,
     ApprovalRequest,
+    Backup,
+    MirrorRun,
     Operation,
     OpState,
     ReqState,
@@ -861,6 +863,7 @@ class Bot:
         interrupted = []
         for op in self.ops.claim_orphans():
             interrupted.append(op.id)
+            self._close_catalogue_rows(op.id)
             request = self.requests.by_op(op.id)
             if request is not None:
                 self.requests.move(
@@ -886,6 +889,22 @@ class Bot:
                 "(`/hq health`) before you run it again.",
             )
         return interrupted
+
+    def _close_catalogue_rows(self, op_id: str) -> None:
+        """A backup or mirror that an interrupted operation left "running" can never finish:
+        mark it failed so that nothing mistakes it for a good one."""
+        note = "interrupted: hq-bot stopped while it ran"
+        with self.sessions.begin() as session:
+            session.execute(
+                update(Backup)
+                .where(Backup.op_id == op_id, Backup.state == "running")
+                .values(state="failed", error=note, finished_at=utcnow())
+            )
+            session.execute(
+                update(MirrorRun)
+                .where(MirrorRun.op_id == op_id, MirrorRun.state == "running")
+                .values(state="failed", detail=note, finished_at=utcnow())
+            )
 
     def start_background(self) -> None:
         """Heartbeats for running work and the expiry sweep of pending requests."""
