@@ -311,11 +311,11 @@ class Settings(BaseSettings):
         description="Seconds a dump, a full-read check or a restore may take before it is killed.",
     )
     hq_backup_part_mb: int = Field(
-        default=16,
+        default=5,
         ge=5,
-        le=512,
-        description="S3 multipart part size in MiB: objects up to 10,000 parts; about three "
-        "parts are in memory during an upload.",
+        le=5120,
+        description="Smallest S3 multipart part in MiB (larger for databases over ~45 GB, so a "
+        "dump fits in S3's 10,000 parts). About three parts are in memory during an upload.",
     )
     hq_pg_restore: str = Field(
         default="pg_restore",

@@ -18,7 +18,8 @@ MIN_SECRET = 6
 _PATTERNS = (
     re.compile(r"xox[abprse]-[0-9A-Za-z-]{8,}"),
     re.compile(r"xapp-[0-9A-Za-z-]{8,}"),
-    re.compile(r"(?i)(--?(?:password|passwd|secret|token|key)[= ])\S+"),
+    # An option like --password X; not a word that merely ends so (`rotate db-password`).
+    re.compile(r"(?i)((?<![\w-])--?(?:password|passwd|secret|token|key)[= ])\S+"),
     re.compile(r"(?i)((?:password|passwd|secret|token|api_key|access_key)\s*[=:]\s*)\S+"),
     re.compile(r"(?i)(postgres(?:ql)?(?:\+\w+)?://[^:/@\s]+:)[^@\s]+(@)"),
     re.compile(r"(?i)(redis://[^:/@\s]*:)[^@\s]+(@)"),

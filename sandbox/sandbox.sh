@@ -3,7 +3,8 @@
 #
 #   sandbox/sandbox.sh engine   docker.io + mmdebstrap installed, dockerd answering, `docker compose`
 #   sandbox/sandbox.sh image    build hq-sandbox:bookworm offline (mmdebstrap + docker import)
-#   sandbox/sandbox.sh up       engine + image + sandbox/run/harmoniq/ + compose up, wait healthy
+#   sandbox/sandbox.sh up       engine + image + sandbox/run/harmoniq/ (with the app checkout app/
+#                               and its origin run/origin.git) + compose up, wait healthy
 #   sandbox/sandbox.sh down     compose down (volumes kept)
 #   sandbox/sandbox.sh reset    compose down -v, delete sandbox/run/, up again
 #   sandbox/sandbox.sh status   compose ps
@@ -25,6 +26,10 @@ DEPLOY_DIR="${RUN_DIR}/harmoniq"
 ENV_FILE="${DEPLOY_DIR}/.env"
 COMPOSE_FILE_PATH="${DEPLOY_DIR}/docker-compose.yml"
 VOLUME_RECORD="${RUN_DIR}/.volumes"   # which volumes this deployment folder made
+APP_REPO_DIR="${SANDBOX_DIR}/app-repo"  # sources of the app repository's two commits
+ORIGIN_DIR="${RUN_DIR}/origin.git"     # its bare origin (no network)
+APP_DIR="${DEPLOY_DIR}/app"            # the deployment's app checkout (compose builds the backend)
+BACKEND_IMAGE="hq-sandbox-backend:latest"
 
 PROJECT="harmoniq-sandbox"
 IMAGE="hq-sandbox:bookworm"
@@ -452,6 +457,119 @@ EOF
     log "generated ${ENV_FILE#"${REPO_ROOT}/"} (mode 0600, random secrets)"
 }
 
+# The app repository (issue 6): a bare origin with two commits, `main` (commit 1: the template's
+# backend plus a migrations file) and `next` (commit 2: VERSION 0.2.0 and one more migration), and
+# the deployment's checkout of `main` in app/. Fixed authors and dates make the SHAs reproducible.
+# Made once; the bot's later changes to the checkout (upgrade, rollback) stay.
+git_sandbox() {
+    env GIT_AUTHOR_NAME="Harmoniq Sandbox" GIT_AUTHOR_EMAIL="sandbox@harmoniq.invalid" \
+        GIT_COMMITTER_NAME="Harmoniq Sandbox" GIT_COMMITTER_EMAIL="sandbox@harmoniq.invalid" \
+        GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null \
+        git -c commit.gpgsign=false -c tag.gpgsign=false "$@"
+}
+
+ensure_app_repo() {
+    command -v git >/dev/null 2>&1 || die "git is needed for the sandbox's app repository"
+    if [[ ! -d "${ORIGIN_DIR}" ]]; then
+        local work src
+        work="$(mktemp -d "${RUN_DIR}/.origin.XXXXXX")"
+        src="${work}/src"
+        git_sandbox init -q -b main "${src}"
+        cp -R -- "${TEMPLATE_DIR}/backend/." "${APP_REPO_DIR}/main/." "${src}/"
+        git_sandbox -C "${src}" add -A
+        GIT_AUTHOR_DATE="2025-01-06T09:00:00Z" GIT_COMMITTER_DATE="2025-01-06T09:00:00Z" \
+            git_sandbox -C "${src}" commit -q -m "Harmoniq backend 0.1.0"
+        git_sandbox -C "${src}" checkout -q -b next
+        cp -R -- "${APP_REPO_DIR}/next/." "${src}/"
+        git_sandbox -C "${src}" add -A
+        GIT_AUTHOR_DATE="2025-01-13T09:00:00Z" GIT_COMMITTER_DATE="2025-01-13T09:00:00Z" \
+            git_sandbox -C "${src}" commit -q -m "Harmoniq backend 0.2.0: app_settings table"
+        git_sandbox -C "${src}" checkout -q main
+        git_sandbox clone -q --bare "${src}" "${work}/origin.git"
+        mv -- "${work}/origin.git" "${ORIGIN_DIR}"
+        rm -rf -- "${work}"
+        log "made the app repository ${ORIGIN_DIR#"${REPO_ROOT}/"} (main: $(git_sandbox -C "${ORIGIN_DIR}" rev-parse --short main), next: $(git_sandbox -C "${ORIGIN_DIR}" rev-parse --short next))"
+    fi
+    if [[ ! -e "${APP_DIR}/.git" ]]; then
+        [[ ! -e "${APP_DIR}" ]] || die "${APP_DIR} exists but is not a git checkout; move it away"
+        local tmp="${DEPLOY_DIR}/.app.tmp.$$"
+        rm -rf -- "${tmp}"
+        git_sandbox clone -q --branch main -- "${ORIGIN_DIR}" "${tmp}"
+        mv -- "${tmp}" "${APP_DIR}"
+        log "cloned the app checkout ${APP_DIR#"${REPO_ROOT}/"} (main)"
+    fi
+}
+
+# Deployment folders made before the backend was built from app/ mounted ./backend instead. Give
+# their compose file the template's backend service (the whole file when it is the old template
+# unchanged), once: a backend service with `build:` is left alone.
+migrate_backend_build() {
+    local py out
+    py="$(host_python)" || die "python3 is needed to update ${COMPOSE_FILE_PATH}"
+    out="$("${py}" - "${COMPOSE_FILE_PATH}" "${TEMPLATE_DIR}/docker-compose.yml" <<'PY'
+import hashlib
+import os
+import sys
+import tempfile
+
+OLD_TEMPLATES = {"4823c8093f69d669fb8c072ae61b0e300cd1810e0072e6286c34b860f25b9a94"}
+run_path, template_path = sys.argv[1], sys.argv[2]
+with open(run_path, encoding="utf-8") as f:
+    text = f.read()
+with open(template_path, encoding="utf-8") as f:
+    template = f.read()
+
+
+def block(lines, name):
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == f"  {name}:"), None)
+    if start is None:
+        return None, None
+    end = start + 1
+    while end < len(lines):
+        line = lines[end]
+        if line.strip() and len(line) - len(line.lstrip(" ")) <= 2:
+            break
+        end += 1
+    return start, end
+
+
+if hashlib.sha256(text.encode()).hexdigest() in OLD_TEMPLATES:
+    out, how = template, "the whole file (it was the old template)"
+else:
+    lines = text.splitlines(keepends=True)
+    start, end = block(lines, "backend")
+    if start is None or any(ln.strip().startswith("build:") for ln in lines[start:end]):
+        sys.exit(0)
+    tlines = template.splitlines(keepends=True)
+    tstart, tend = block(tlines, "backend")
+    out = "".join(lines[:start] + tlines[tstart:tend] + lines[end:])
+    how = "its backend service"
+if out == text:
+    sys.exit(0)
+mode = os.stat(run_path).st_mode & 0o7777
+fd, tmp = tempfile.mkstemp(dir=os.path.dirname(run_path), prefix=".compose.")
+with os.fdopen(fd, "w", encoding="utf-8") as f:
+    f.write(out)
+    f.flush()
+    os.fsync(f.fileno())
+os.chmod(tmp, mode)
+os.replace(tmp, run_path)
+print(f"docker-compose.yml: the backend is now built from app/; updated {how}")
+PY
+)" || die "could not update ${COMPOSE_FILE_PATH}"
+    if [[ -n "${out}" ]]; then
+        log "${out}"
+        # ./backend is no longer mounted: keep its (unused) copy equal to the template's.
+        cp -R -- "${TEMPLATE_DIR}/backend/." "${DEPLOY_DIR}/backend/"
+    fi
+}
+
+ensure_backend_image() {
+    image_exists "${BACKEND_IMAGE}" && return 0
+    log "docker compose build backend -> ${BACKEND_IMAGE} (from ${APP_DIR#"${REPO_ROOT}/"})"
+    compose build backend >&2 || die "docker compose build backend failed"
+}
+
 prepare_deployment() {
     [[ -f "${TEMPLATE_DIR}/docker-compose.yml" ]] || die "template missing: ${TEMPLATE_DIR}"
     mkdir -p -- "${DEPLOY_DIR}" "${RUN_DIR}/backups"
@@ -460,7 +578,9 @@ prepare_deployment() {
     fi
     # Copy what is missing only: the bot may have changed files here (that is the point).
     cp -R -n -- "${TEMPLATE_DIR}/." "${DEPLOY_DIR}/"
-    if ! diff -rq -x .env -x '.env.*' -x __pycache__ -x .git -- "${TEMPLATE_DIR}" "${DEPLOY_DIR}" >/dev/null 2>&1; then
+    ensure_app_repo
+    migrate_backend_build
+    if ! diff -rq -x .env -x '.env.*' -x __pycache__ -x .git -x app -- "${TEMPLATE_DIR}" "${DEPLOY_DIR}" >/dev/null 2>&1; then
         log "note: ${DEPLOY_DIR#"${REPO_ROOT}/"} differs from sandbox/template (changed by hand or" \
             "by the bot); \`reset\` makes it anew"
     fi
@@ -615,6 +735,7 @@ cmd_up() {
     cmd_image
     prepare_deployment
     drop_foreign_state
+    ensure_backend_image
     log "docker compose up -d --wait (timeout ${WAIT_TIMEOUT} s)"
     local rc=0
     compose up -d --wait --wait-timeout "${WAIT_TIMEOUT}" --remove-orphans || rc=$?
@@ -664,7 +785,7 @@ cmd_wait() {
 }
 
 usage() {
-    sed -n '2,14p' -- "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' -- "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {

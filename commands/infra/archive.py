@@ -22,9 +22,9 @@ What that buys: a flipped bit anywhere fails a tag (the header is in every chunk
 reordered or repeated chunks fail (the index is in the nonce and the AAD); a chunk taken from
 another file fails (another nonce prefix and header); a file cut at a chunk boundary ends
 without a final chunk, one cut inside a chunk fails its tag, and bytes after the final chunk
-are refused. A reader therefore never passes on plaintext it could not authenticate (it
-releases each chunk only after its tag checked), and it tells the caller when the stream is
-not the whole file.
+fail too (the chunk boundaries no longer line up). A reader never passes on plaintext it could
+not authenticate (each chunk is released only after its tag checked), and it tells the caller
+when the stream is not the whole file.
 
 The key is 32 bytes (``HQ_BACKUP_KEY``, base64). Losing it loses every encrypted backup.
 """
@@ -176,25 +176,10 @@ def encrypt_bytes(key: bytes, data: bytes, *, chunk_size: int = CHUNK_SIZE) -> b
     return b"".join([*enc.update(data), *enc.finish()])
 
 
-def _read_exactly(read: Reader, size: int) -> bytes:
-    parts: list[bytes] = []
-    missing = size
-    while missing > 0:
-        part = read(missing)
-        if not part:
-            break
-        parts.append(part)
-        missing -= len(part)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def read_header(read: Reader, key: bytes) -> tuple[bytes, int, bytes]:
-    """Given a reader positioned at the start of a file, return (header, chunk size, nonce
-    prefix). Raise ArchiveError when it is not our format or was written with another key."""
-    header = _read_exactly(read, HEADER_SIZE)
+def _parse_header(header: bytes, key: bytes) -> tuple[int, bytes]:
     if len(header) < HEADER_SIZE or header[:8] != MAGIC:
         raise ArchiveError("This is not an hq-bot encrypted backup (its header is wrong).")
-    magic, version, algorithm, _reserved, chunk_size, prefix, kid = HEADER.unpack(header)
+    _magic, version, algorithm, _reserved, chunk_size, prefix, kid = HEADER.unpack(header)
     if version != VERSION or algorithm != ALGORITHM_AES_256_GCM:
         raise ArchiveError(
             f"Unsupported encrypted backup format (version {version}, algorithm {algorithm})."
@@ -206,41 +191,106 @@ def read_header(read: Reader, key: bytes) -> tuple[bytes, int, bytes]:
             "This backup was encrypted with a different key than HQ_BACKUP_KEY "
             f"(its key id is {kid.hex()}, ours is {key_id(key).hex()})."
         )
-    return header, int(chunk_size), prefix
+    return int(chunk_size), bytes(prefix)
 
 
-def decrypt_stream(read: Reader, key: bytes) -> Iterator[bytes]:
-    """Given a reader of an encrypted file (``file.read``) and the key, yield the plaintext
-    chunk by chunk, each only after its tag checked. Raise ArchiveError on a wrong key,
-    damage, reordering, truncation or trailing data."""
-    header, chunk_size, prefix = read_header(read, key)
-    aes = AESGCM(key)
-    full = chunk_size + TAG_SIZE
-    index = 0
-    while True:
-        sealed = _read_exactly(read, full)
-        final = len(sealed) < full
-        if final and len(sealed) < TAG_SIZE:
-            raise ArchiveError(
-                f"The encrypted backup is truncated: it ends after {index} chunks without "
-                "its final chunk."
-            )
+class Decryptor:
+    """Streams an encrypted file back to plaintext. :meth:`update` takes bytes as they come
+    and returns the plaintext of every chunk that is known not to be the last (a full chunk
+    followed by at least one more byte) and authenticated; :meth:`finish` checks and returns
+    the final chunk. Raise ArchiveError on a wrong key, damage, reordering or truncation."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != KEY_SIZE:
+            raise ValueError("the key must be 32 bytes")
+        self._key = key
+        self._aes = AESGCM(key)
+        self._buffer = bytearray()
+        self._header = b""
+        self._prefix = b""
+        self._full = 0
+        self._index = 0
+        self._finished = False
+
+    def _open(self, sealed: bytes | memoryview, final: bool) -> bytes:
+        index = self._index
         try:
-            plain = aes.decrypt(_nonce(prefix, index), sealed, _aad(header, index, final))
+            plain: bytes = self._aes.decrypt(
+                _nonce(self._prefix, index), sealed, _aad(self._header, index, final)
+            )
         except InvalidTag:
-            what = "the last part" if final else f"chunk {index}"
+            what = "its last part" if final else f"chunk {index}"
             raise ArchiveError(
                 f"The encrypted backup failed authentication at {what}: it is damaged, "
                 "truncated or was tampered with."
             ) from None
-        if final:
-            if read(1):
-                raise ArchiveError("The encrypted backup has data after its final chunk.")
-            if plain:
-                yield plain
-            return
-        yield plain
-        index += 1
+        self._index += 1
+        return plain
+
+    def update(self, data: bytes | memoryview) -> list[bytes]:
+        if self._finished:
+            raise ValueError("update after finish")
+        buffer = self._buffer
+        buffer += data
+        if not self._header:
+            if len(buffer) < HEADER_SIZE:
+                return []
+            self._header = bytes(buffer[:HEADER_SIZE])
+            chunk_size, self._prefix = _parse_header(self._header, self._key)
+            self._full = chunk_size + TAG_SIZE
+            del buffer[:HEADER_SIZE]
+        out: list[bytes] = []
+        full = self._full
+        if len(buffer) > full:
+            view = memoryview(buffer)
+            start = 0
+            while len(buffer) - start > full:
+                out.append(self._open(view[start : start + full], final=False))
+                start += full
+            view.release()
+            del buffer[:start]
+        return out
+
+    def finish(self) -> list[bytes]:
+        """Return the plaintext of the rest. Raise ArchiveError when the data ends without
+        its final chunk."""
+        if self._finished:
+            raise ValueError("finish twice")
+        self._finished = True
+        if not self._header:
+            raise ArchiveError("This is not an hq-bot encrypted backup (it is too short).")
+        buffer = self._buffer
+        out: list[bytes] = []
+        if len(buffer) == self._full:
+            # a full chunk is never the last one: the final chunk that must follow is missing
+            out.append(self._open(bytes(buffer), final=False))
+            buffer.clear()
+        if len(buffer) < TAG_SIZE:
+            raise ArchiveError(
+                f"The encrypted backup is truncated: it ends after {self._index} "
+                f"chunk{'' if self._index == 1 else 's'} without its final chunk."
+            )
+        plain = self._open(bytes(buffer), final=True)
+        buffer.clear()
+        if plain:
+            out.append(plain)
+        return out
+
+
+def decrypt_stream(read: Reader, key: bytes, block: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Given a reader of an encrypted file (``file.read``) and the key, yield the plaintext,
+    each piece only after its tag checked. Raise ArchiveError on a wrong key, damage,
+    reordering, truncation or trailing data."""
+    decryptor = Decryptor(key)
+    while data := read(block):
+        yield from decryptor.update(data)
+    yield from decryptor.finish()
+
+
+def decrypt_bytes(key: bytes, data: bytes) -> bytes:
+    """Given a key and a whole encrypted file, return its plaintext."""
+    decryptor = Decryptor(key)
+    return b"".join([*decryptor.update(data), *decryptor.finish()])
 
 
 def plaintext_size(size: int, chunk_size: int = CHUNK_SIZE) -> int:

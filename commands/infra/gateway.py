@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -325,10 +326,8 @@ class Feed:
         a non-zero exit, CommandTimeout when it was killed for running too long."""
         pipe = self._proc.stdin
         if pipe is not None and not pipe.closed:
-            try:
+            with suppress(OSError):
                 pipe.close()
-            except OSError:
-                pass
         self.returncode = self._proc.wait()
         self._timer.cancel()
         for thread in self._drains:
@@ -349,10 +348,8 @@ class Feed:
         self._proc.wait()
         for pipe in (self._proc.stdin, self._proc.stdout, self._proc.stderr):
             if pipe is not None:
-                try:
+                with suppress(OSError):
                     pipe.close()
-                except OSError:
-                    pass
 
     def __enter__(self) -> Feed:
         return self

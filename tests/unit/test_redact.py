@@ -25,3 +25,10 @@ def test_short_values_are_not_treated_as_secrets() -> None:
 def test_fingerprint_is_stable_and_hides_the_value() -> None:
     assert fingerprint("value") == fingerprint(b"value")
     assert "value" not in fingerprint("value") and fingerprint("value").startswith("sha256:")
+
+
+def test_command_words_ending_like_an_option_are_kept() -> None:
+    redact = Redactor()
+    assert redact('rotate db-password --reason "leak"') == 'rotate db-password --reason "leak"'
+    assert redact("rotate turn-secret --reason x") == "rotate turn-secret --reason x"
+    assert "hunter22" not in redact("x --secret=hunter22")

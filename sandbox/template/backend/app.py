@@ -11,6 +11,10 @@ Settings (environment, from the deployment's .env through docker-compose.yml):
   DB_USER, DB_PASSWORD, DB_NAME, DB_HOST (127.0.0.1), DB_PORT (55432)
   REDIS_HOST (127.0.0.1), REDIS_PORT (56379), JWT_SECRET
   BACKEND_HOST (127.0.0.1), BACKEND_PORT (54000), APP_VERSION (optional)
+
+Like a real backend it refuses to start with a weak signing key: a JWT_SECRET shorter than
+MIN_JWT_SECRET characters makes it exit 2 at start (hq-bot's tests use this to make a rotation
+fail in the middle).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ APP_DIR = Path(__file__).resolve().parent
 APP_NAME = "harmoniq-backend-sandbox"
 CHECK_TIMEOUT_S = 2
 HEALTHCHECK_AGENT = "hq-sandbox-healthcheck"
+MIN_JWT_SECRET = 32
 SECRET_NAMES = (
     "DB_PASSWORD",
     "JWT_SECRET",
@@ -215,6 +220,11 @@ class Server(ThreadingHTTPServer):
 
 
 def main() -> None:
+    if len(env("JWT_SECRET")) < MIN_JWT_SECRET:
+        sys.stderr.write(
+            f"refusing to start: JWT_SECRET is shorter than {MIN_JWT_SECRET} characters\n"
+        )
+        sys.exit(2)
     host = env("BACKEND_HOST", "127.0.0.1")
     port = int(env("BACKEND_PORT", "54000"))
     if not hasattr(socketserver.TCPServer, "allow_reuse_port"):  # Python < 3.11

@@ -1,0 +1,662 @@
+"""Where backups live: the catalogue (a table in hq-bot's own database), the one-at-a-time lock,
+files written atomically, and the streamed S3 upload.
+
+The lock works across threads, processes and replicas that share hq-bot's database. Its row in
+``backup_locks`` names the holder (so a second request can be told who and since when); the
+primary key makes taking it atomic. On PostgreSQL a session-level advisory lock, held on a
+dedicated connection, is what really decides: it disappears with the holder's connection when
+the process dies. Elsewhere (SQLite, one host) the holder refreshes a heartbeat, and a lock
+whose heartbeat is older than ``stale_after`` is taken over with a compare-and-delete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections import deque
+from collections.abc import Iterator, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import Engine, delete, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
+
+from approvals.models import Backup, BackupLock, BackupState, utcnow
+from commands.spec import UserError
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "database"
+ADVISORY_KEY = 0x68712D62616B  # "hq-bak": one key for every hq-bot sharing a PostgreSQL
+PARTIAL = ".partial-"
+
+
+def aware(value: dt.datetime) -> dt.datetime:
+    """Given a datetime from the database (naive on SQLite), return it in UTC."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def ago(seconds: float) -> str:
+    """Given seconds, return a short human age: ``45 s``, ``12 min``, ``3 h``, ``2 d``."""
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+# --- the catalogue ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BackupInfo:
+    """A catalogue row as plain data (safe to pass between threads)."""
+
+    id: str
+    kind: str
+    state: str
+    file_name: str
+    path: str
+    size: int
+    sha256: str
+    encrypted: bool
+    s3_bucket: str
+    s3_key: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    duration_s: float
+    table_counts: Mapping[str, int]
+    verified: bool
+    verified_at: dt.datetime | None
+    op_id: str = ""
+    requested_by: str = ""
+    error: str = ""
+    deleted_at: dt.datetime | None = None
+
+    @classmethod
+    def of(cls, row: Backup) -> BackupInfo:
+        try:
+            counts = {str(k): int(v) for k, v in json.loads(row.table_counts or "{}").items()}
+        except (ValueError, TypeError, AttributeError):
+            counts = {}
+        return cls(
+            id=row.id,
+            kind=row.kind,
+            state=row.state,
+            file_name=row.file_name,
+            path=row.path,
+            size=int(row.size or 0),
+            sha256=row.sha256,
+            encrypted=bool(row.encrypted),
+            s3_bucket=row.s3_bucket,
+            s3_key=row.s3_key,
+            started_at=aware(row.started_at),
+            finished_at=aware(row.finished_at) if row.finished_at else None,
+            duration_s=float(row.duration_s or 0.0),
+            table_counts=counts,
+            verified=bool(row.verified),
+            verified_at=aware(row.verified_at) if row.verified_at else None,
+            op_id=row.op_id,
+            requested_by=row.requested_by,
+            error=row.error,
+            deleted_at=aware(row.deleted_at) if row.deleted_at else None,
+        )
+
+    @property
+    def where(self) -> str:
+        """Where the backup is: ``disk``, ``disk + s3`` or ``s3``."""
+        places = []
+        if self.path and self.state == BackupState.COMPLETE:
+            places.append("disk")
+        if self.s3_key:
+            places.append("s3")
+        return " + ".join(places) or "-"
+
+
+class Catalogue:
+    """The ``backups`` table of hq-bot's database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def _update(self, backup_id: str, **values: Any) -> int:
+        with self._sessions.begin() as session:
+            result = session.execute(update(Backup).where(Backup.id == backup_id).values(**values))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def start(self, info: BackupInfo) -> None:
+        """Record a backup that starts now (state running)."""
+        with self._sessions.begin() as session:
+            session.add(
+                Backup(
+                    id=info.id,
+                    kind=info.kind,
+                    state=BackupState.RUNNING,
+                    file_name=info.file_name,
+                    path=info.path,
+                    encrypted=info.encrypted,
+                    s3_bucket=info.s3_bucket,
+                    s3_key="",
+                    started_at=info.started_at,
+                    op_id=info.op_id,
+                    requested_by=info.requested_by,
+                )
+            )
+
+    def complete(
+        self,
+        backup_id: str,
+        *,
+        size: int,
+        sha256: str,
+        finished_at: dt.datetime,
+        duration_s: float,
+        table_counts: Mapping[str, int],
+        verified: bool,
+        s3_key: str,
+        error: str = "",
+    ) -> None:
+        """Mark a running backup complete with what was measured while it streamed."""
+        self._update(
+            backup_id,
+            state=BackupState.COMPLETE,
+            size=size,
+            sha256=sha256,
+            finished_at=finished_at,
+            duration_s=duration_s,
+            table_counts=json.dumps(dict(table_counts), sort_keys=True),
+            verified=verified,
+            verified_at=finished_at if verified else None,
+            s3_key=s3_key,
+            error=error[:2000],
+        )
+
+    def fail(self, backup_id: str, error: str) -> None:
+        """Mark a backup failed (nothing of it is kept)."""
+        self._update(
+            backup_id,
+            state=BackupState.FAILED,
+            finished_at=utcnow(),
+            s3_key="",
+            verified=False,
+            error=error[:2000],
+        )
+
+    def set_verified(self, backup_id: str, ok: bool, at: dt.datetime, error: str = "") -> None:
+        self._update(backup_id, verified=ok, verified_at=at, error=error[:2000])
+
+    def clear_s3(self, backup_id: str) -> None:
+        self._update(backup_id, s3_key="")
+
+    def mark_deleted(self, backup_id: str, at: dt.datetime) -> None:
+        self._update(backup_id, state=BackupState.DELETED, deleted_at=at, s3_key="")
+
+    def get(self, backup_id: str) -> BackupInfo | None:
+        with self._sessions() as session:
+            row = session.get(Backup, backup_id)
+            return BackupInfo.of(row) if row is not None else None
+
+    def listing(self, *, states: tuple[str, ...] | None = None) -> list[BackupInfo]:
+        """Return backups newest first (only those in ``states`` when given)."""
+        query = select(Backup).order_by(Backup.started_at.desc(), Backup.id.desc())
+        if states is not None:
+            query = query.where(Backup.state.in_(states))
+        with self._sessions() as session:
+            return [BackupInfo.of(row) for row in session.scalars(query)]
+
+    def latest(self, kinds: tuple[str, ...]) -> BackupInfo | None:
+        """Return the newest complete backup of one of ``kinds``, or None."""
+        for info in self.listing(states=(BackupState.COMPLETE,)):
+            if info.kind in kinds:
+                return info
+        return None
+
+    def running(self) -> list[BackupInfo]:
+        return self.listing(states=(BackupState.RUNNING,))
+
+
+# --- the lock --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LockHolder:
+    holder: str
+    op_id: str
+    owner: str
+    acquired_at: dt.datetime
+    heartbeat_at: dt.datetime
+    raw_heartbeat: Any = field(default=None, compare=False, repr=False)
+
+
+class LockBusy(UserError):
+    """Another backup or restore holds the lock; the message says who and since when."""
+
+    def __init__(self, holder: LockHolder | None, now: dt.datetime | None = None) -> None:
+        self.holder = holder
+        if holder is None:
+            message = "Another backup or restore is running right now; try again when it is done."
+        else:
+            now = now or utcnow()
+            since = holder.acquired_at
+            age = ago((now - since).total_seconds())
+            message = (
+                f"A backup or restore is already running: {holder.holder}, operation "
+                f"{holder.op_id or '?'}, since {since:%Y-%m-%d %H:%M:%S} UTC ({age} ago). "
+                "One runs at a time; try again when it is done."
+            )
+        super().__init__(message)
+
+
+class Lease:
+    """The held lock. Release it (or leave the ``with`` block) when the work is done."""
+
+    def __init__(
+        self,
+        lock: DatabaseLock,
+        owner: str,
+        connection: Any = None,
+        took_over: LockHolder | None = None,
+    ) -> None:
+        self._lock = lock
+        self.owner = owner
+        self.took_over = took_over
+        self.lost = False
+        self._connection = connection
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, name="hq-backup-lock", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self._lock.heartbeat):
+            try:
+                if not self._lock.touch(self.owner):
+                    self.lost = True
+                    log.error("the backup lock was taken over while this process held it")
+            except Exception:
+                log.exception("could not refresh the backup lock's heartbeat")
+
+    def release(self) -> None:
+        """Give the lock back (idempotent)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._beat.join(timeout=5)
+        try:
+            self._lock.forget(self.owner)
+        finally:
+            if self._connection is not None:
+                with suppress(Exception):
+                    self._connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY}
+                    )
+                    self._connection.commit()
+                with suppress(Exception):
+                    self._connection.close()
+                self._connection = None
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class DatabaseLock:
+    """One backup or restore at a time, across threads, processes and replicas."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        name: str = LOCK_NAME,
+        stale_after: float = 300.0,
+        heartbeat: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self.name = name
+        self.stale_after = stale_after
+        self.heartbeat = heartbeat
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def advisory(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    def holder(self) -> LockHolder | None:
+        """Return who holds the lock now, or None."""
+        with self._sessions() as session:
+            row = session.get(BackupLock, self.name)
+            if row is None:
+                return None
+            return LockHolder(
+                holder=row.holder,
+                op_id=row.op_id,
+                owner=row.owner,
+                acquired_at=aware(row.acquired_at),
+                heartbeat_at=aware(row.heartbeat_at),
+                raw_heartbeat=row.heartbeat_at,
+            )
+
+    def _insert(self, holder: str, op_id: str, owner: str) -> None:
+        now = utcnow()
+        with self._sessions.begin() as session:
+            session.add(
+                BackupLock(
+                    name=self.name,
+                    holder=holder[:128],
+                    op_id=op_id,
+                    owner=owner,
+                    acquired_at=now,
+                    heartbeat_at=now,
+                )
+            )
+
+    def touch(self, owner: str) -> bool:
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(BackupLock)
+                .where(BackupLock.name == self.name, BackupLock.owner == owner)
+                .values(heartbeat_at=utcnow())
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    def forget(self, owner: str) -> None:
+        with self._sessions.begin() as session:
+            session.execute(
+                delete(BackupLock).where(BackupLock.name == self.name, BackupLock.owner == owner)
+            )
+
+    def acquire(self, holder: str, op_id: str) -> Lease:
+        """Given who asks (a label like ``alice (backup now)``) and the operation id, return the
+        lease. Raise LockBusy, naming the holder and since when, when someone else has it."""
+        owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        if self.advisory:
+            return self._acquire_advisory(holder, op_id, owner)
+        took_over: LockHolder | None = None
+        for _attempt in range(3):
+            try:
+                self._insert(holder, op_id, owner)
+                return Lease(self, owner, took_over=took_over)
+            except IntegrityError:
+                current = self.holder()
+                if current is None:
+                    continue
+                age = (utcnow() - current.heartbeat_at).total_seconds()
+                if age < self.stale_after:
+                    raise LockBusy(current) from None
+                with self._sessions.begin() as session:
+                    gone = session.execute(
+                        delete(BackupLock).where(
+                            BackupLock.name == self.name,
+                            BackupLock.owner == current.owner,
+                            BackupLock.heartbeat_at == current.raw_heartbeat,
+                        )
+                    )
+                if getattr(gone, "rowcount", 0):
+                    log.warning("took over a stale backup lock of %s", current.owner)
+                    took_over = current
+        raise LockBusy(self.holder())
+
+    def _acquire_advisory(self, holder: str, op_id: str, owner: str) -> Lease:
+        connection = self.engine.connect()
+        # out of the pool: closing it ends the session, and with it the advisory lock
+        connection.detach()
+        try:
+            got = connection.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY}
+            ).scalar()
+            connection.commit()
+            if not got:
+                raise LockBusy(self.holder())
+            # the advisory lock is ours, so a row left behind belongs to a process that died
+            previous = self.holder()
+            if previous is not None:
+                self.forget(previous.owner)
+            self._insert(holder, op_id, owner)
+        except BaseException:
+            connection.close()  # closing the session releases the advisory lock too
+            raise
+        return Lease(self, owner, connection=connection, took_over=previous)
+
+
+# --- files -----------------------------------------------------------------------------------
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicFile:
+    """A file that appears under its final name only when complete: it is written under a
+    hidden temporary name in the same folder, fsynced, renamed, and the folder fsynced. Abort
+    (or an exception in the ``with`` block) removes the temporary file."""
+
+    def __init__(self, path: Path, *, mode: int = 0o600, buffering: int = 1 << 20) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}{PARTIAL}{secrets.token_hex(4)}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.tmp, flags, mode)
+        self._file = os.fdopen(fd, "wb", buffering=buffering)
+        self.done = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+
+    def commit(self) -> None:
+        """Make the file durable under its final name. Raise FileExistsError rather than
+        replace a file that is already there."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if self.path.exists():
+            self.abort()
+            raise FileExistsError(f"{self.path} already exists")
+        os.rename(self.tmp, self.path)
+        self.done = True
+        fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Remove the temporary file (idempotent; never raises)."""
+        if self.done:
+            return
+        with suppress(OSError, ValueError):
+            self._file.close()
+        with suppress(OSError):
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self.done:
+            self.abort()
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Return temporary files a dead backup left in ``folder``."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(f".db_*{PARTIAL}*") if p.is_file())
+
+
+# --- the streamed upload ---------------------------------------------------------------------
+class UploadAborted(Exception):
+    """Raised to the S3 client from inside its read(): the data being uploaded is not whole."""
+
+
+class Pipe:
+    """Bytes handed from a producer thread to a consumer that reads like a file (minio's
+    ``put_object``). At most ``limit`` bytes wait; the producer blocks beyond that.
+    :meth:`read` returns exactly ``n`` bytes unless the stream ended (so the consumer never
+    glues many small reads together); it raises :class:`UploadAborted` after :meth:`fail`, and
+    the producer's writes become no-ops after :meth:`abandon` (the consumer gave up)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._cond = threading.Condition()
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._closed = False
+        self._error: str | None = None
+        self._abandoned = False
+
+    def write(self, data: bytes) -> bool:
+        """Queue ``data``; return False when the consumer is gone (nothing queued)."""
+        if not data:
+            return not self._abandoned
+        with self._cond:
+            while self._size >= self.limit and not self._abandoned and self._error is None:
+                self._cond.wait()
+            if self._abandoned or self._error is not None:
+                return False
+            self._chunks.append(data)
+            self._size += len(data)
+            self._cond.notify_all()
+        return True
+
+    def close(self) -> None:
+        """The data is complete: the consumer sees the end after the queued bytes."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def fail(self, reason: str) -> None:
+        """The data is not whole: the consumer's next read raises UploadAborted."""
+        with self._cond:
+            self._error = reason
+            self._chunks.clear()
+            self._size = 0
+            self._cond.notify_all()
+
+    def abandon(self) -> None:
+        with self._cond:
+            self._abandoned = True
+            self._chunks.clear()
+            self._size = 0
+            self._cond.notify_all()
+
+    def read(self, size: int = -1) -> bytes:
+        parts: list[bytes] = []
+        got = 0
+        with self._cond:
+            while True:
+                if self._error is not None:
+                    raise UploadAborted(self._error)
+                while self._chunks and (size < 0 or got < size):
+                    chunk = self._chunks.popleft()
+                    if size >= 0 and got + len(chunk) > size:
+                        cut = size - got
+                        self._chunks.appendleft(chunk[cut:])
+                        chunk = chunk[:cut]
+                    parts.append(chunk)
+                    got += len(chunk)
+                    self._size -= len(chunk)
+                    self._cond.notify_all()
+                if (size >= 0 and got >= size) or (self._closed and not self._chunks):
+                    break
+                self._cond.wait()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class StreamUpload:
+    """Upload bytes to ``bucket/key`` while they are produced, with minio's multipart upload
+    (parts of ``part_size`` bytes, one at a time, in a thread of its own).
+
+    minio's ``put_object`` takes the end of the stream for success and completes the upload.
+    So a failure of the producer must reach it as an exception from ``read()``: then
+    ``put_object`` aborts the multipart upload (parts already sent are discarded) and no object
+    appears. Parts go up one at a time, so the abort cannot race a part still in flight."""
+
+    def __init__(
+        self, client: Any, bucket: str, key: str, part_size: int, buffer: int = 4 << 20
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.part_size = part_size
+        # enough to ride out one part's round trip; the producer waits beyond that
+        self.pipe = Pipe(limit=min(part_size, buffer))
+        self.error: BaseException | None = None
+        self.etag = ""
+        self._thread = threading.Thread(target=self._run, name="hq-backup-upload", daemon=True)
+
+    def start(self) -> StreamUpload:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            result = self.client.put_object(
+                self.bucket,
+                self.key,
+                self.pipe,
+                length=-1,
+                part_size=self.part_size,
+                num_parallel_uploads=1,
+                content_type="application/octet-stream",
+            )
+            self.etag = str(getattr(result, "etag", "") or "")
+        except BaseException as exc:
+            self.error = exc
+            self.pipe.abandon()
+
+    def write(self, data: bytes) -> None:
+        self.pipe.write(data)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def finish(self) -> None:
+        """Signal the end and wait for the upload to complete. Raise what it raised."""
+        self.pipe.close()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self, reason: str, timeout: float = 120.0) -> None:
+        """Make the upload fail (minio aborts the multipart upload) and wait for it."""
+        self.pipe.fail(reason)
+        self._thread.join(timeout)
+
+
+def ensure_bucket(client: Any, bucket: str) -> bool:
+    """Create ``bucket`` when it does not exist. Return True when it was created."""
+    if client.bucket_exists(bucket):
+        return False
+    try:
+        client.make_bucket(bucket)
+    except Exception as exc:  # another replica may have created it a moment ago
+        if getattr(exc, "code", "") in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+            return False
+        raise
+    return True
+
+
+def iter_file(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """Yield a file's bytes in chunks."""
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            yield block
