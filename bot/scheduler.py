@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from approvals.models import JobRun, utcnow
+from approvals.models import JobRun, OpState, utcnow
 from approvals.operations import OWNER
 from bot.cron import trigger
 from commands.spec import Result
@@ -184,6 +184,20 @@ class Scheduler:
         except IntegrityError:
             log.info("job %s due %s already claimed", name, due.isoformat())
             return Result(ok=True, title=f"{name} for {due:%H:%M:%S} already ran elsewhere.")
+        # The run itself is an operation too (the commands it runs are operations of their
+        # own), so `/hq audit` and the operations table show every scheduled run.
+        op_id = self.bot.ops.create(
+            source="scheduler",
+            user_id="scheduler",
+            user_name="scheduler",
+            channel_id=self.bot.settings.hq_ops_channel,
+            text=f"job {name} due {due.isoformat()}",
+            state=OpState.RUNNING,
+            command=f"job {name}",
+            started_at=utcnow(),
+        )
+        with self.bot._running_lock:
+            self.bot._running.add(op_id)  # heartbeats keep other replicas from claiming it
         try:
             result = job.run(self.bot, due)
         except Exception:
@@ -191,19 +205,25 @@ class Scheduler:
             result = Result(
                 ok=False,
                 title=f"Scheduled job `{name}` failed unexpectedly; the "
-                "details are in hq-bot's log.",
+                f"details are in hq-bot's log (operation {op_id}).",
             )
             self.bot._safe(self.bot.cards.post_result, result, f"Scheduled job `{name}`")
+        finally:
+            with self.bot._running_lock:
+                self.bot._running.discard(op_id)
+        summary = self.bot.redact(result.title)[:1000]
+        self.bot.ops.transition(
+            op_id,
+            [OpState.RUNNING],
+            OpState.SUCCEEDED if result.ok else OpState.FAILED,
+            result_summary=summary,
+            error="" if result.ok else summary,
+        )
         with sessions.begin() as session:
             session.execute(
                 update(JobRun)
                 .where(JobRun.job == name, JobRun.due_at == due)
-                .values(
-                    finished_at=utcnow(),
-                    ok=result.ok,
-                    summary=result.title[:1000],
-                    op_id=str(result.data.get("op_id", "")),
-                )
+                .values(finished_at=utcnow(), ok=result.ok, summary=summary, op_id=op_id)
             )
         return result
 

@@ -201,3 +201,12 @@ def test_schedule_lists_jobs_with_next_run_and_last_result(
     for job in ("backup", "minio", "digest", "metrics", "tls"):
         assert f" {job}:" in out, out
     assert "next 2027-01-01" in out and "metric(s) evaluated" in out
+    engine = create_engine(env["HQ_DATABASE_URL"])
+    with engine.connect() as conn:
+        states = conn.execute(
+            text("SELECT state FROM operations WHERE command = 'job metrics'")
+        ).all()
+        kinds = conn.execute(text("SELECT kind FROM audit_events WHERE command = 'metrics'")).all()
+    engine.dispose()
+    assert [s for (s,) in states] == ["succeeded"]  # every run is an operation...
+    assert ("job",) in kinds  # ...and an audit event
