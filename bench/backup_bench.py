@@ -334,9 +334,11 @@ def main() -> None:
                 )
                 shutil.rmtree(folder)
     finally:
-        drop_table()
-        _remove_bench_objects(keys)
         shutil.rmtree(work, ignore_errors=True)
+        try:
+            _remove_bench_objects(keys)
+        finally:
+            drop_table()
     raw = statistics.median(raw_times)
     bot = statistics.median(r["command_seconds"] for r in bot_runs)
     rss = max(r["vmhwm_kb"] for r in bot_runs) / 1024

@@ -28,6 +28,7 @@ import hashlib
 import logging
 import re
 import secrets
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,10 +45,10 @@ from approvals.models import BackupKind, BackupState, utcnow
 from commands.infra import gateway
 from commands.infra.archive import ArchiveError, Decryptor, Encryptor, parse_key
 from commands.infra.backup_store import (
-    AtomicFile,
     BackupInfo,
     Catalogue,
     DatabaseLock,
+    GrowingFile,
     Lease,
     StreamUpload,
     UploadAborted,
@@ -384,7 +385,8 @@ class Measured:
 
 
 class Dump:
-    """One pass of pg_dump's output into the file, the upload and the check."""
+    """One pass of pg_dump's output: hashed, counted and written to the (growing) file by this
+    thread; the S3 upload and the full-read check follow the file from their own threads."""
 
     def __init__(self, ctx: Context, info: BackupInfo, key: bytes | None, progress: Progress):
         self.ctx = ctx
@@ -396,42 +398,18 @@ class Dump:
         self.size = 0
         self.upload: StreamUpload | None = None
         self.upload_error = ""
-        self.verifier: gateway.Feed | None = None
         self.verify_error = ""
-        self.decryptor = Decryptor(key) if key else None
+        self.checker: threading.Thread | None = None
         self.stderr: deque[bytes] = deque(maxlen=32)
 
-    # the byte path ---------------------------------------------------------------------------
-    def _stored(self, data: bytes) -> None:
-        """Bytes as stored (encrypted when a key is set): hash, count, write, upload, and
-        (encrypted) decrypt again for the check."""
+    def _store(self, data: bytes) -> None:
+        """Bytes as stored (encrypted when a key is set): hash, count, write."""
         self.sha.update(data)
         self.size += len(data)
         try:
             self.file.write(data)
         except OSError as exc:
             raise UserError(f"writing {self.file.tmp} failed: {describe(exc)}") from None
-        if self.upload is not None:
-            self.upload.write(data)
-        if self.decryptor is not None and self.verifier is not None:
-            try:
-                for plain in self.decryptor.update(data):
-                    self.verifier.write(plain)
-            except ArchiveError as exc:
-                self._verification_failed(exc.message)
-
-    def _plain(self, block: bytes) -> None:
-        """An unencrypted block: stored as it is, and checked as it is."""
-        self._stored(block)
-        if self.verifier is not None:
-            self.verifier.write(block)
-
-    def _verification_failed(self, why: str) -> None:
-        if not self.verify_error:
-            self.verify_error = why
-        if self.verifier is not None:
-            self.verifier.kill()
-            self.verifier = None
 
     def _start_upload(self, database_size: int) -> None:
         bucket, key = self.info.s3_bucket, self.info.s3_key
@@ -442,18 +420,52 @@ class Dump:
             if ensure_bucket(client, bucket):
                 self.progress(f"created the S3 bucket {bucket}")
             part = part_size(int(self.settings.hq_backup_part_mb), database_size)
-            self.upload = StreamUpload(client, bucket, key, part).start()
+            follower = self.file.follower()
+            self.upload = StreamUpload(client, bucket, key, part, follower).start()
         except Exception as exc:
             self.upload_error = f"the S3 upload could not start ({_s3_reason(exc)})"
             self.progress(f"{self.upload_error}; the backup goes to disk only")
 
-    def _start_verifier(self) -> None:
+    def _start_check(self) -> None:
         try:
-            self.verifier = gateway.Feed(
-                verify_argv(self.settings), timeout=float(self.settings.hq_backup_timeout)
+            # pg_dump is the critical path: the check takes only CPU nothing else wants, and
+            # catches up after the dump if it must (it reads the file, so it never holds it up)
+            program = gateway.Feed(
+                verify_argv(self.settings),
+                timeout=float(self.settings.hq_backup_timeout),
+                idle=True,
             )
         except CommandFailed as exc:
             self.verify_error = f"the host's pg_restore could not be started ({exc.message})"
+            return
+        follower = self.file.follower()
+        self.checker = threading.Thread(
+            target=self._check, args=(program, follower), name="hq-backup-check", daemon=True
+        )
+        self.checker.start()
+
+    def _check(self, program: gateway.Feed, follower: Any) -> None:
+        """Feed the file, as it grows, to pg_restore -f /dev/null (decrypted when encrypted)."""
+        decryptor = Decryptor(self.key) if self.key else None
+        try:
+            while block := follower.read(BLOCK):
+                for part in decryptor.update(block) if decryptor else (block,):
+                    program.write(part)
+            for part in decryptor.finish() if decryptor else ():
+                program.write(part)
+            program.close()
+        except UploadAborted:
+            pass  # the dump failed; the failure says so
+        except ArchiveError as exc:
+            self.verify_error = f"the stored bytes do not decrypt: {exc.message}"
+        except CommandFailed as exc:
+            self.verify_error = f"the full read with pg_restore failed: {exc.stderr_tail}"
+        except Exception as exc:
+            log.exception("the full-read check failed")
+            self.verify_error = f"the full-read check failed ({describe(exc)})"
+        finally:
+            program.kill()
+            follower.close()
 
     def run(self, names: Mapping[str, str], password: str) -> Measured:
         settings = self.settings
@@ -461,7 +473,7 @@ class Dump:
         deadline = time.monotonic() + timeout
         encryptor = Encryptor(self.key) if self.key else None
         try:
-            self.file = AtomicFile(Path(self.info.path))
+            self.file = GrowingFile(Path(self.info.path))
         except OSError as exc:
             raise BackupFailed(
                 f"The backup {self.info.id} failed: cannot create a file in "
@@ -472,7 +484,7 @@ class Dump:
         try:
             with exported_snapshot(self.ctx.infra.postgres, timeout) as snapshot:
                 self._start_upload(snapshot.database_size())
-                self._start_verifier()
+                self._start_check()
                 counting = pool.submit(snapshot.count)
                 argv = fill(DUMP_ARGV, {**names, "SNAPSHOT": snapshot.id})
                 stream = self.ctx.infra.docker.exec_stream(
@@ -488,11 +500,15 @@ class Dump:
                         with suppress(Exception):
                             snapshot.conn.cancel()
                     raise
-            self._finish_verifier()
-            self.file.commit()
+            # durable under its final name before the followers may see the end: a file that
+            # cannot be committed must still abort the upload
+            self.file.file.commit()
+            self.file.finish()
+            if self.checker is not None:
+                self.checker.join()
             if self.upload is not None:
                 try:
-                    self.upload.finish()
+                    self.upload.wait()
                 except Exception as exc:
                     self.upload_error = f"the S3 upload failed ({_s3_reason(exc)})"
         except BaseException as exc:
@@ -518,16 +534,16 @@ class Dump:
         timeout: float,
         counting: Any,
     ) -> dict[str, int]:
-        pending = bytearray()  # the engine's frames are ~10 KB: hand on 1 MiB blocks instead
+        pending = bytearray()  # the engine's frames are ~10 KB: write 1 MiB blocks instead
         try:
             for chunk in stream:
                 if encryptor is not None:
                     for sealed in encryptor.update(chunk):
-                        self._stored(sealed)
+                        self._store(sealed)
                 else:
                     pending += chunk
                     if len(pending) >= BLOCK:
-                        self._plain(bytes(pending))
+                        self._store(bytes(pending))
                         pending.clear()
                 if time.monotonic() > deadline:
                     raise UserError(f"pg_dump ran longer than HQ_BACKUP_TIMEOUT ({timeout:g} s)")
@@ -543,28 +559,11 @@ class Dump:
             ) from None
         if encryptor is not None:
             for sealed in encryptor.finish():
-                self._stored(sealed)
+                self._store(sealed)
         elif pending:
-            self._plain(bytes(pending))
+            self._store(bytes(pending))
         counts: dict[str, int] = counting.result()
         return counts
-
-    def _finish_verifier(self) -> None:
-        verifier = self.verifier
-        if verifier is None:
-            return
-        try:
-            if self.decryptor is not None:
-                for plain in self.decryptor.finish():
-                    verifier.write(plain)
-            verifier.close()
-        except ArchiveError as exc:
-            self._verification_failed(exc.message)
-        except CommandFailed as exc:
-            self.verify_error = f"the full read with pg_restore failed: {exc.stderr_tail}"
-        finally:
-            verifier.kill()
-            self.verifier = None
 
     def _dump_failed(self, exc: CommandFailed) -> UserError:
         err = pg_error(b"".join(self.stderr))
@@ -576,18 +575,20 @@ class Dump:
 
     def _clean_up(self, exc: BaseException) -> None:
         reason = describe(exc)
-        self.file.abort()
-        if self.verifier is not None:
-            self.verifier.kill()
-            self.verifier = None
+        self.file.fail(reason)  # the upload's next read raises: minio aborts the upload
+        if self.checker is not None:
+            self.checker.join(timeout=30)
         if self.upload is not None:
-            self.upload.abort(reason)
+            with suppress(Exception):
+                self.upload.wait(timeout=S3_TIMEOUT)
             error = self.upload.error
-            if error is not None and not isinstance(error, UploadAborted):
+            if error is None or not isinstance(error, UploadAborted):
                 self.upload_error = (
                     f"aborting the S3 multipart upload of {self.info.s3_key} may have failed "
-                    f"({_s3_reason(error)}); check the bucket for a pending upload"
+                    f"({_s3_reason(error) if error else 'it did not end'}); check the bucket "
+                    "for a pending upload"
                 )
+        self.file.file.abort()
 
     def _failure(self, exc: BaseException) -> str:
         kept = "the partial file was removed"
@@ -796,4 +797,5 @@ def wait_backend_healthy(
         sleep(1.0)
 
 
-SAFETY_KINDS = (BackupKind.MANUAL, BackupKind.SCHEDULED)
+# what `latest` means: the newest of these (a safety backup is named by its id)
+LATEST_KINDS = (BackupKind.MANUAL, BackupKind.SCHEDULED)

@@ -19,7 +19,7 @@ from typing import Any
 
 from approvals.models import BackupKind, BackupState, utcnow
 from commands import backup_ops as ops
-from commands.backup_retention import Candidate, decide
+from commands.backup_retention import Candidate, Decision, decide
 from commands.infra.backup_store import BackupInfo, Catalogue, ago
 from commands.infra.compose import ComposeArgv
 from commands.infra.gateway import CommandFailed
@@ -85,9 +85,11 @@ def counts_text(counts: Mapping[str, int]) -> str:
 
 def _resolve(cat: Catalogue, ref: str) -> BackupInfo:
     if ref == "latest":
-        info = cat.latest(ops.SAFETY_KINDS)
+        info = cat.latest(ops.LATEST_KINDS)
         if info is None:
-            raise UserError("There is no complete backup to restore (`/hq backup list`).")
+            raise UserError(
+                "There is no complete manual or scheduled backup yet (`/hq backup list`)."
+            )
         return info
     found = cat.get(ref)
     if found is None:
@@ -311,7 +313,9 @@ def execute_verify(plan: Plan, ctx: Context, progress: Progress) -> Result:
             try:
                 counts, differences = ops.restore_test(ctx, info, progress)
             except UserError as err:
-                cat.set_verified(info.id, False, utcnow(), err.message)
+                # the full read passed: a scratch restore that cannot run says more about the
+                # server than the archive, so the verified mark stays as the full read left it
+                cat.set_verified(info.id, True, utcnow())
                 return Result(ok=False, title=err.message, rows=tuple(rows))
             took = time.monotonic() - started
             if differences:
@@ -344,7 +348,7 @@ def _candidates(cat: Catalogue) -> list[BackupInfo]:
     return cat.listing(states=(BackupState.COMPLETE,))
 
 
-def retention_for(settings: Any, backups: list[BackupInfo]) -> Any:
+def retention_for(settings: Any, backups: list[BackupInfo]) -> Decision:
     """Given settings and complete backups, return the retention decision."""
     return decide(
         [Candidate(b.id, b.started_at, b.verified) for b in backups],
@@ -433,6 +437,13 @@ def prune(ctx: Context, progress: Progress, only: list[str] | None = None) -> Re
 def execute_prune(plan: Plan, ctx: Context, progress: Progress) -> Result:
     with ops.acquire(ctx, "backup prune"):
         return prune(ctx, progress, only=list(plan.data["delete"]))
+
+
+def apply_retention(ctx: Context, progress: Progress) -> Result:
+    """Take the lock and apply retention as the catalogue is now (for the scheduler, after a
+    scheduled backup). Raise LockBusy when a backup or restore runs."""
+    with ops.acquire(ctx, "retention"):
+        return prune(ctx, progress)
 
 
 # --- /hq restore ---------------------------------------------------------------------------------
@@ -601,8 +612,11 @@ def _restore(
     state.database = "restoring"
     try:
         ops.run_pg_restore(settings, argv, info, password, on_stdin=bool(data["encrypted"]))
-    except CommandFailed as exc:
-        why = exc.stderr_tail or f"exit code {exc.returncode}"
+    except UserError as exc:  # pg_restore failed, or the archive could not be fed to it
+        if isinstance(exc, CommandFailed):
+            why = exc.stderr_tail or f"exit code {exc.returncode}"
+        else:
+            why = exc.message.rstrip(".")
         if state.single_transaction:
             state.database = "unchanged"
             progress("pg_restore failed; its transaction was rolled back: starting the backend")

@@ -12,13 +12,13 @@ whose heartbeat is older than ``stale_after`` is taken over with a compare-and-d
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import logging
 import os
 import secrets
 import socket
 import threading
-from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -457,7 +457,13 @@ class AtomicFile:
         self.done = False
 
     def write(self, data: bytes | memoryview) -> None:
-        self._file.write(data)
+        """Write all of ``data`` (an unbuffered file may take it in parts)."""
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            if not written:
+                raise OSError(errno.EIO, "the file took no bytes", str(self.tmp))
+            view = view[written:]
 
     def commit(self) -> None:
         """Make the file durable under its final name. Raise FileExistsError rather than
@@ -501,103 +507,106 @@ def leftovers(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob(f".db_*{PARTIAL}*") if p.is_file())
 
 
-# --- the streamed upload ---------------------------------------------------------------------
+# --- one writer, readers that follow ------------------------------------------------------------
 class UploadAborted(Exception):
-    """Raised to the S3 client from inside its read(): the data being uploaded is not whole."""
+    """Raised to a follower (the S3 client inside its read()) when the data being written is
+    not whole: the writer failed."""
 
 
-class Pipe:
-    """Bytes handed from a producer thread to a consumer that reads like a file (minio's
-    ``put_object``). At most ``limit`` bytes wait; the producer blocks beyond that.
-    :meth:`read` returns exactly ``n`` bytes unless the stream ended (so the consumer never
-    glues many small reads together); it raises :class:`UploadAborted` after :meth:`fail`, and
-    the producer's writes become no-ops after :meth:`abandon` (the consumer gave up)."""
+class GrowingFile:
+    """The temporary file of a backup while one thread writes it, read at the same time by
+    :class:`Follower` s (the S3 upload, the full-read check), each at its own pace. The disk is
+    the buffer: a slow reader never holds back the writer (and so pg_dump), and nothing waits
+    in memory. The writer publishes how much is written; :meth:`finish` lets the followers
+    reach the end, :meth:`fail` makes their next read raise UploadAborted."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
+    def __init__(self, path: Path) -> None:
+        self.file = AtomicFile(path, buffering=0)  # unbuffered: what is written is readable
         self._cond = threading.Condition()
-        self._chunks: deque[bytes] = deque()
         self._size = 0
-        self._closed = False
-        self._error: str | None = None
-        self._abandoned = False
+        self._done = False
+        self._failed = ""
 
-    def write(self, data: bytes) -> bool:
-        """Queue ``data``; return False when the consumer is gone (nothing queued)."""
-        if not data:
-            return not self._abandoned
+    @property
+    def tmp(self) -> Path:
+        return self.file.tmp
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` and let the followers see it. Raise OSError when writing fails."""
+        self.file.write(data)
         with self._cond:
-            while self._size >= self.limit and not self._abandoned and self._error is None:
-                self._cond.wait()
-            if self._abandoned or self._error is not None:
-                return False
-            self._chunks.append(data)
             self._size += len(data)
             self._cond.notify_all()
-        return True
 
-    def close(self) -> None:
-        """The data is complete: the consumer sees the end after the queued bytes."""
+    def finish(self) -> None:
+        """Everything is written (and committed): followers read to the end."""
         with self._cond:
-            self._closed = True
+            self._done = True
             self._cond.notify_all()
 
     def fail(self, reason: str) -> None:
-        """The data is not whole: the consumer's next read raises UploadAborted."""
+        """The data is not whole: every follower's next read raises UploadAborted."""
         with self._cond:
-            self._error = reason
-            self._chunks.clear()
-            self._size = 0
+            self._failed = reason or "the backup failed"
             self._cond.notify_all()
 
-    def abandon(self) -> None:
-        with self._cond:
-            self._abandoned = True
-            self._chunks.clear()
-            self._size = 0
-            self._cond.notify_all()
+    def follower(self) -> Follower:
+        """Return a reader from the start of the file (it has its own file descriptor)."""
+        return Follower(self, os.open(self.file.tmp, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
 
-    def read(self, size: int = -1) -> bytes:
-        parts: list[bytes] = []
-        got = 0
+    def _wait(self, position: int, size: int) -> int:
         with self._cond:
             while True:
-                if self._error is not None:
-                    raise UploadAborted(self._error)
-                while self._chunks and (size < 0 or got < size):
-                    chunk = self._chunks.popleft()
-                    if size >= 0 and got + len(chunk) > size:
-                        cut = size - got
-                        self._chunks.appendleft(chunk[cut:])
-                        chunk = chunk[:cut]
-                    parts.append(chunk)
-                    got += len(chunk)
-                    self._size -= len(chunk)
-                    self._cond.notify_all()
-                if (size >= 0 and got >= size) or (self._closed and not self._chunks):
-                    break
+                if self._failed:
+                    raise UploadAborted(self._failed)
+                ready = self._size - position
+                if self._done or (size >= 0 and ready >= size):
+                    return ready if size < 0 else min(ready, size)
                 self._cond.wait()
+
+
+class Follower:
+    """Reads a :class:`GrowingFile` like a file: :meth:`read` returns exactly ``size`` bytes
+    unless the file is finished (so minio never glues many small reads together), and raises
+    UploadAborted once the writer failed."""
+
+    def __init__(self, source: GrowingFile, fd: int) -> None:
+        self._source = source
+        self._fd = fd
+        self._position = 0
+
+    def read(self, size: int = -1) -> bytes:
+        ready = self._source._wait(self._position, size)
+        parts = []
+        while ready > 0:
+            data = os.pread(self._fd, ready, self._position)
+            if not data:
+                raise UploadAborted("the backup file ended before what was written")
+            parts.append(data)
+            self._position += len(data)
+            ready -= len(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        with suppress(OSError):
+            os.close(self._fd)
 
 
 class StreamUpload:
-    """Upload bytes to ``bucket/key`` while they are produced, with minio's multipart upload
+    """Upload ``source`` to ``bucket/key`` while it is written, with minio's multipart upload
     (parts of ``part_size`` bytes, one at a time, in a thread of its own).
 
     minio's ``put_object`` takes the end of the stream for success and completes the upload.
-    So a failure of the producer must reach it as an exception from ``read()``: then
-    ``put_object`` aborts the multipart upload (parts already sent are discarded) and no object
-    appears. Parts go up one at a time, so the abort cannot race a part still in flight."""
+    So a failure of the writer reaches it as an exception from ``read()``: then ``put_object``
+    aborts the multipart upload (parts already sent are discarded) and no object appears.
+    Parts go up one at a time, so the abort cannot race a part still in flight."""
 
-    def __init__(
-        self, client: Any, bucket: str, key: str, part_size: int, buffer: int = 4 << 20
-    ) -> None:
+    def __init__(self, client: Any, bucket: str, key: str, part_size: int, source: Any) -> None:
         self.client = client
         self.bucket = bucket
         self.key = key
         self.part_size = part_size
-        # enough to ride out one part's round trip; the producer waits beyond that
-        self.pipe = Pipe(limit=min(part_size, buffer))
+        self.source = source
         self.error: BaseException | None = None
         self.etag = ""
         self._thread = threading.Thread(target=self._run, name="hq-backup-upload", daemon=True)
@@ -611,7 +620,7 @@ class StreamUpload:
             result = self.client.put_object(
                 self.bucket,
                 self.key,
-                self.pipe,
+                self.source,
                 length=-1,
                 part_size=self.part_size,
                 num_parallel_uploads=1,
@@ -620,26 +629,14 @@ class StreamUpload:
             self.etag = str(getattr(result, "etag", "") or "")
         except BaseException as exc:
             self.error = exc
-            self.pipe.abandon()
 
-    def write(self, data: bytes) -> None:
-        self.pipe.write(data)
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None
-
-    def finish(self) -> None:
-        """Signal the end and wait for the upload to complete. Raise what it raised."""
-        self.pipe.close()
-        self._thread.join()
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the upload to end. Raise what it raised."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the upload of {self.key} is still running")
         if self.error is not None:
             raise self.error
-
-    def abort(self, reason: str, timeout: float = 120.0) -> None:
-        """Make the upload fail (minio aborts the multipart upload) and wait for it."""
-        self.pipe.fail(reason)
-        self._thread.join(timeout)
 
 
 def ensure_bucket(client: Any, bucket: str) -> bool:

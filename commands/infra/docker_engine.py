@@ -151,7 +151,8 @@ class _RawFrames:
     8-byte frame headers and read in large blocks (the SDK makes several system calls per frame
     of ~10 KB, which is most of a big dump's cost in this process); stderr pieces go to a
     callback. Like the SDK's stream, a broken connection ends the output: the exit code that
-    ExecStream checks next tells whether it was complete."""
+    ExecStream checks next tells whether it was complete. A silence longer than the client's
+    timeout raises TimeoutError."""
 
     def __init__(self, sock: io.RawIOBase, on_stderr: Callable[[bytes], None]) -> None:
         self._sock = sock
@@ -170,6 +171,8 @@ class _RawFrames:
                     raise StopIteration
                 kind, size = struct.unpack(">BxxxL", header)
                 payload = read(size)
+            except TimeoutError:
+                raise  # silence longer than the client's timeout: the caller says what it means
             except (OSError, ValueError):
                 raise StopIteration from None
             if len(payload) < size:

@@ -250,8 +250,10 @@ class Feed:
     backup). :meth:`write` pushes bytes, blocking while the program is busy; :meth:`close`
     ends stdin, waits, and raises CommandFailed on a non-zero exit, CommandTimeout when it ran
     longer than ``timeout``. Output is drained in the background and only its tail is kept
-    (``Completed.stdout`` is the last 64 KiB). Use it as a context manager: leaving without
-    :meth:`close` kills the program."""
+    (``Completed.stdout`` is the last 64 KiB). With ``idle`` the program runs at the lowest CPU
+    priority (Linux SCHED_IDLE): it gets the CPU that nothing else wants, for work that may lag
+    behind (a check that can finish after the dump it reads). Use it as a context manager:
+    leaving without :meth:`close` kills the program."""
 
     def __init__(
         self,
@@ -260,6 +262,7 @@ class Feed:
         timeout: float,
         cwd: str | Path | None = None,
         env: Mapping[str, str] | None = None,
+        idle: bool = False,
     ) -> None:
         self.argv = _check_argv(argv)
         self.timeout = timeout
@@ -281,6 +284,9 @@ class Feed:
             )
         except OSError as exc:
             raise CommandFailed(self.argv, 127, exc.strerror or type(exc).__name__) from None
+        if idle and hasattr(os, "SCHED_IDLE"):
+            with suppress(OSError):
+                os.sched_setscheduler(self._proc.pid, os.SCHED_IDLE, os.sched_param(0))
         self._drains = [
             threading.Thread(target=self._drain, args=(self._proc.stdout, self._stdout)),
             threading.Thread(target=self._drain, args=(self._proc.stderr, self._stderr)),

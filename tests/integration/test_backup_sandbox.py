@@ -297,7 +297,8 @@ def test_a_dump_killed_midway_leaves_nothing_and_a_second_backup_is_told_who_run
         conn.execute("SELECT pg_terminate_backend(%s)", (busy[0][0],))
     result = first.future.result(timeout=60)
     assert not result.ok
-    assert "pg_dump failed" in result.title and "terminating connection" in result.title
+    assert "pg_dump failed: it exited with code 1: pg_dump: error: " in result.title, result.title
+    assert re.search("terminating connection|closed the connection", result.title), result.title
     assert "Nothing was kept: the partial file was removed, the S3 multipart upload was " in (
         result.title
     ), result.title

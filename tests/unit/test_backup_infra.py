@@ -4,6 +4,7 @@ DockerEngine.exec_stream(on_stderr=...), and the 0004 migration matching the mod
 from __future__ import annotations
 
 import io
+import os
 import struct
 import time
 from collections.abc import Iterator
@@ -206,3 +207,26 @@ def test_the_backup_tables_match_their_migration(tmp_path: Path) -> None:
     engine.dispose()
     mine = [d for d in diff if "backup" in repr(d)]
     assert mine == []
+
+
+class SilentSock(RawSock):
+    def readinto(self, buffer: Any) -> int:
+        raise TimeoutError("timed out")
+
+
+def test_a_silent_exec_raises_timeout_rather_than_ending_quietly() -> None:
+    api = DemuxApi()
+    engine = DockerEngine("harmoniq", factory=lambda: Client(api))
+    stream = engine.exec_stream("postgres", ["pg_dump"], on_stderr=lambda _b: None)
+    stream._chunks._reader = io.BufferedReader(SilentSock(b"", api))  # type: ignore[attr-defined]
+    with pytest.raises(TimeoutError):
+        b"".join(stream)
+
+
+def test_an_idle_feed_runs_at_the_lowest_cpu_priority() -> None:
+    program = gateway.Feed(("sleep", "5"), timeout=10, idle=True)
+    try:
+        policy = os.sched_getscheduler(program._proc.pid)
+    finally:
+        program.kill()
+    assert policy == os.SCHED_IDLE

@@ -24,8 +24,9 @@ from commands.infra.backup_store import (
     BackupInfo,
     Catalogue,
     DatabaseLock,
+    GrowingFile,
     LockBusy,
-    Pipe,
+    StreamUpload,
     UploadAborted,
     leftovers,
 )
@@ -311,7 +312,7 @@ def test_an_encrypted_backup_is_restored_from_stdin_in_one_transaction(
 
 
 def test_restore_refuses_a_missing_file_a_failed_backup_or_nothing(ctx: Ctx) -> None:
-    with pytest.raises(UserError, match="no complete backup"):
+    with pytest.raises(UserError, match="no complete manual or scheduled backup"):
         backups.plan_restore({"backup": "latest"}, ctx)
     info = add_backup(ctx, "b-20250115-020000-bbbb", T0)
     Path(info.path).unlink()
@@ -472,58 +473,117 @@ def test_leftovers_finds_partial_files_of_dead_backups(tmp_path: Path) -> None:
     assert [p.name for p in leftovers(tmp_path)] == [".db_20250115_020000.dump.partial-1a2b3c4d"]
 
 
-def test_the_pipe_hands_over_exactly_what_was_asked() -> None:
-    pipe = Pipe(limit=1 << 20)
+def test_a_follower_reads_exactly_what_was_asked_as_the_file_grows(tmp_path: Path) -> None:
+    grow = GrowingFile(tmp_path / "db_1.dump")
+    reader = grow.follower()
     for piece in (b"abc", b"defg", b"h"):
-        pipe.write(piece)
-    pipe.close()
-    assert pipe.read(5) == b"abcde"
-    assert pipe.read(10) == b"fgh"
-    assert pipe.read(10) == b""
-
-
-def test_a_failed_pipe_makes_the_reader_raise_and_the_writer_stop() -> None:
-    pipe = Pipe(limit=10)
-    pipe.write(b"0123456789")
-    pipe.fail("pg_dump failed")
-    with pytest.raises(UploadAborted, match="pg_dump failed"):
-        pipe.read(5)
-    assert pipe.write(b"more") is False
-
-
-def test_the_pipe_blocks_the_writer_beyond_its_limit_until_read() -> None:
-    pipe = Pipe(limit=4)
-    pipe.write(b"1234")
-    done = threading.Event()
-
-    def writer() -> None:
-        pipe.write(b"5678")
-        done.set()
-
-    thread = threading.Thread(target=writer)
+        grow.write(piece)
+    assert reader.read(5) == b"abcde"
+    got: list[bytes] = []
+    thread = threading.Thread(target=lambda: got.append(reader.read(10)))
     thread.start()
     time.sleep(0.1)
-    assert not done.is_set()
-    assert pipe.read(4) == b"1234"
+    assert got == []  # waits for ten bytes, or the end
+    grow.finish()
     thread.join(2)
-    assert done.is_set()
-    pipe.abandon()
-    assert pipe.write(b"x") is False
+    assert got == [b"fgh"] and reader.read(10) == b""
+    reader.close()
 
 
-def test_a_reader_waits_for_a_whole_part_across_many_writes() -> None:
-    pipe = Pipe(limit=1 << 20)
+def test_a_failed_writer_makes_every_follower_raise(tmp_path: Path) -> None:
+    grow = GrowingFile(tmp_path / "db_1.dump")
+    first, second = grow.follower(), grow.follower()
+    grow.write(b"0123456789")
+    assert first.read(4) == b"0123"
+    grow.fail("pg_dump failed")
+    with pytest.raises(UploadAborted, match="pg_dump failed"):
+        first.read(4)
+    with pytest.raises(UploadAborted):
+        second.read(-1)
+
+
+def test_a_follower_waits_for_a_whole_part_across_many_writes(tmp_path: Path) -> None:
+    grow = GrowingFile(tmp_path / "db_1.dump")
+    reader = grow.follower()
     data = os.urandom(100_000)
 
     def writer() -> None:
         for start in range(0, len(data), 1000):
-            pipe.write(data[start : start + 1000])
+            grow.write(data[start : start + 1000])
             time.sleep(0.0005)
-        pipe.close()
+        grow.file.commit()
+        grow.finish()
 
     thread = threading.Thread(target=writer)
     thread.start()
-    first = pipe.read(60_000)
-    rest = pipe.read(60_000)
+    first = reader.read(60_000)
+    rest = reader.read(60_000)
     thread.join()
     assert len(first) == 60_000 and first + rest == data
+    assert (tmp_path / "db_1.dump").read_bytes() == data
+
+
+class FakeMinio:
+    """put_object as minio does it for an unknown length: read part + 1 bytes at a time, a
+    single PUT when it all fits, else a multipart upload that is aborted on any exception."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.stored: dict[str, bytes] = {}
+
+    def put_object(self, bucket: str, key: str, data: Any, length: int, **kw: Any) -> Any:
+        part, parts, upload = kw["part_size"], [], False
+        try:
+            while True:
+                block = data.read(part + 1)
+                if len(block) <= part:
+                    parts.append(block)
+                    break
+                parts.append(block[:part])
+                if not upload:
+                    upload = True
+                    self.calls.append("create")
+                self.calls.append("part")
+                leftover = block[part:]
+                data = _Prefixed(leftover, data)
+            self.stored[key] = b"".join(parts)
+            self.calls.append("complete" if upload else "put")
+        except Exception:
+            if upload:
+                self.calls.append("abort")
+            raise
+        return type("Result", (), {"etag": "e"})()
+
+
+class _Prefixed:
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, size: int) -> bytes:
+        out, self.head = self.head, b""
+        return out + self.rest.read(size - len(out))
+
+
+def test_an_upload_completes_only_after_the_writer_finishes(tmp_path: Path) -> None:
+    grow = GrowingFile(tmp_path / "db_1.dump")
+    client = FakeMinio()
+    upload = StreamUpload(client, "b", "db/x", 10, grow.follower()).start()
+    grow.write(b"a" * 25)
+    time.sleep(0.1)
+    assert "complete" not in client.calls
+    grow.finish()
+    upload.wait(5)
+    assert client.calls == ["create", "part", "part", "complete"]
+    assert client.stored["db/x"] == b"a" * 25
+
+
+def test_an_upload_is_aborted_when_the_writer_fails(tmp_path: Path) -> None:
+    grow = GrowingFile(tmp_path / "db_1.dump")
+    client = FakeMinio()
+    upload = StreamUpload(client, "b", "db/x", 10, grow.follower()).start()
+    grow.write(b"a" * 25)
+    time.sleep(0.1)
+    grow.fail("pg_dump exited with code 1")
+    with pytest.raises(UploadAborted):
+        upload.wait(5)
+    assert client.calls[-1] == "abort" and client.stored == {}
