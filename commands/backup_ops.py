@@ -7,9 +7,11 @@ temporary place first::
       -> [AES-256-GCM, when HQ_BACKUP_KEY is set]
       -> SHA-256 and size
       -> file:  .db_...dump.partial-xxxx in HQ_BACKUP_DIR -> fsync -> rename -> fsync folder
-      -> S3:    multipart upload (minio), aborted when anything before it fails
-      -> check: host pg_restore -f /dev/null reads the whole archive (decrypting it again when
-                encrypted), so "verified" means every byte that was stored can be read back
+         read back while it grows, each at its own pace (the disk is the buffer):
+         -> S3:    multipart upload (minio), aborted when anything before it fails
+         -> check: host pg_restore -f /dev/null reads the whole archive (decrypting the stored
+                   bytes when encrypted), so "verified" means every byte stored can be read
+                   back; it runs at idle CPU priority, since pg_dump is the critical path
 
 ``S`` is a snapshot exported by a REPEATABLE READ transaction that also counts the rows of
 every user table, so the counts recorded with the backup describe exactly the dumped data.

@@ -344,3 +344,17 @@ def test_verify_with_a_restore_test_then_prune(backup_bot: Any, table: str, buck
     assert [b.state for b in catalogue(bot).listing()] == ["complete", "deleted", "deleted"]
     code, out = run_console(bot, "/hq backup list --all")
     assert "3 backup(s)" in out and out.count("deleted") >= 2, out
+
+
+def test_without_s3_or_pg_restore_the_backup_is_kept_and_says_what_is_missing(
+    backup_bot: Any, tmp_path: Path
+) -> None:
+    bot = backup_bot(hq_s3_endpoint="http://127.0.0.1:9", hq_pg_restore="/nonexistent/pg_restore")
+    code, out = run_console(bot, "/hq backup now")
+    assert code == 1, out
+    info = catalogue(bot).listing()[0]
+    assert f"Backup {info.id} written to disk, but " in out
+    assert "the host's pg_restore could not be started" in out
+    assert "the S3 upload could not start" in out and "S3: NOT uploaded" in out
+    assert info.state == "complete" and not info.verified and info.s3_key == ""
+    assert Path(info.path).is_file() and Path(info.path).stat().st_size == info.size
