@@ -565,7 +565,7 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Return every secret this process holds, for log and message redaction."""
         values = [self.slack_bot_token, self.slack_signing_secret, self.slack_app_token]
-        values.append(self.hq_audit_key)
+        values += [self.hq_audit_key, self.hq_backup_key]
         return [v.get_secret_value() for v in values if v and v.get_secret_value()]
 
 

@@ -54,3 +54,15 @@ def test_readme_documents_every_setting() -> None:
     # The table is generated: defaults and meanings match the code (scripts/settings-table
     # --write regenerates it).
     assert rewrite(readme) == readme
+
+
+def test_every_secret_setting_is_known_to_the_redactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    key = base64.b64encode(b"k" * 32).decode()
+    monkeypatch.setenv("HQ_BACKUP_KEY", key)
+    monkeypatch.setenv("HQ_AUDIT_KEY", "audit-key-0123456789")
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing-0123456789")
+    secrets = load_settings().secret_values()
+    assert key in secrets and "audit-key-0123456789" in secrets
+    assert "signing-0123456789" in secrets
