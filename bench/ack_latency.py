@@ -22,7 +22,7 @@ from tests.fakeslack import FakeSlack, post_signed, slash_command_body
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "bench-signing-secret-0123456789"
-TOKEN = "xoxb-bench-0000000000-fake"
+TOKEN = "xoxb-bench-fake"
 
 
 def _port() -> int:

@@ -107,6 +107,17 @@ def _jwt(ctx: Context) -> str | None:
 
 
 # --- upgrade app ----------------------------------------------------------------------------------
+def commit_lines(git: Any, since: str, until: str) -> tuple[int, list[str]]:
+    """Given two commits, return how many commits ``since..until`` holds and the plan's lines
+    for them: the newest LOG_LIMIT, and how many older ones were left out."""
+    commits = git.log(since, until, limit=LOG_LIMIT)
+    total = git.count(since, until)
+    lines = [f"• {c.line}" for c in commits]
+    if total > len(commits):
+        lines.append(f"• ... and {total - len(commits)} older")
+    return total, lines
+
+
 def resolve_target(git: Git, remote: str, ref: str) -> tuple[str, str]:
     """Given a ref as typed, return (full SHA, how it was found): a branch of ``remote``, a tag,
     or a commit SHA. Raise UserError when it names none."""
@@ -168,11 +179,7 @@ def plan_app(args: Mapping[str, Any], ctx: Context) -> Plan:
             f"{label} ({target[:12]}) is not ahead of the deployed commit {head[:12]}: "
             "`upgrade app` only moves forward. To go back, use `/hq rollback SHA`."
         )
-    commits = git.log(head, target, limit=LOG_LIMIT)
-    total = git.count(head, target)
-    shown = [f"• {c.line}" for c in commits]
-    if total > len(commits):
-        shown.append(f"• ... and {total - len(commits)} older")
+    total, shown = commit_lines(git, head, target)
     compose = deploy.compose_argv(ctx)
     backend = settings.hq_service_backend
     migrations = str(settings.hq_migrations_file)
@@ -364,11 +371,7 @@ def plan_rollback(args: Mapping[str, Any], ctx: Context) -> Plan:
             f"{target[:12]} is not an earlier commit of the deployed {head[:12]}: `rollback` only "
             "goes back. To go forward, use `/hq upgrade app --ref REF`."
         )
-    commits = git.log(target, head, limit=LOG_LIMIT)
-    total = git.count(target, head)
-    undone = [f"• {c.line}" for c in commits]
-    if total > len(commits):
-        undone.append(f"• ... and {total - len(commits)} older")
+    total, undone = commit_lines(git, target, head)
     compose = deploy.compose_argv(ctx)
     backend = settings.hq_service_backend
     checkout = git.argv("checkout", "--quiet", "--detach", target)
