@@ -10,7 +10,10 @@ alone. The database is the sandbox's PostgreSQL, grown by a table of about ``--s
 table is dropped at the end, whatever happens.
 
 Run (sandbox up): .venv/bin/python -m bench.backup_bench [--size-mb 1024] [--rounds 2]
-                  [--no-s3] [--encrypt]
+                  [--mode disk|s3|both] [--encrypt] [--contention]
+
+``--contention`` measures the machine instead of hq-bot: the raw dump alone and beside a
+busy loop at SCHED_IDLE priority (what it loses is what any concurrent work costs pg_dump).
 """
 
 from __future__ import annotations
@@ -187,6 +190,7 @@ def bot_dump(folder: Path, s3: bool, key: str | None) -> dict[str, Any]:
 def child(folder: Path, s3: bool) -> None:
     """Inside the child: one ``/hq backup now`` through the console door, then a JSON line."""
     import io
+    import logging
 
     from bot import console
     from bot.core import Bot
@@ -201,6 +205,19 @@ def child(folder: Path, s3: bool) -> None:
         overrides["hq_backup_bucket"] = ""
     settings = load_settings(SANDBOX_ENV, **overrides)
     bot = Bot.create(settings, infra=Infra(settings))
+    phases: dict[str, float] = {}
+
+    class Phases(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            args = record.args
+            if record.msg == "backup %s phases (s): %s" and isinstance(args, tuple):
+                marks = args[1]
+                if isinstance(marks, dict):
+                    phases.update({str(k): float(v) for k, v in marks.items()})
+
+    ops_log = logging.getLogger("commands.backup_ops")
+    ops_log.addHandler(Phases(logging.INFO))
+    ops_log.setLevel(logging.INFO)
     out = io.StringIO()
     started = time.monotonic()
     code = console.run(bot, "bench", io.StringIO("/hq backup now\n"), out)
@@ -223,6 +240,7 @@ def child(folder: Path, s3: bool) -> None:
                 "cpu_seconds": _own_cpu(),
                 "vmhwm_kb": hwm,
                 "verified": ", verified" in text,
+                "phases": phases,
             }
         )
     )
@@ -268,24 +286,73 @@ def machine() -> str:
     return f"{os.cpu_count()} vCPU {cpu}, {memory:.0f} GiB RAM, {system}"
 
 
+def busy_loop_idle() -> subprocess.Popen[bytes]:
+    """Start a CPU-bound loop at the lowest priority Linux has (SCHED_IDLE): it should only
+    take CPU time that nothing else wants."""
+    spin = subprocess.Popen((sys.executable, "-c", "while True: pass"))
+    os.sched_setscheduler(spin.pid, os.SCHED_IDLE, os.sched_param(0))
+    return spin
+
+
+def contention(work: Path, rounds: int) -> None:
+    """The machine's own limit: the raw dump alone, and beside an idle-priority busy loop."""
+    alone: list[float] = []
+    beside: list[float] = []
+    for number in range(rounds):
+        order = ("alone", "beside") if number % 2 == 0 else ("beside", "alone")
+        for what in order:
+            spin = busy_loop_idle() if what == "beside" else None
+            try:
+                seconds, _size = raw_dump(work / "raw.dump")
+            finally:
+                if spin is not None:
+                    spin.kill()
+                    spin.wait()
+            (work / "raw.dump").unlink()
+            (alone if what == "alone" else beside).append(seconds)
+            print(f"round {number + 1}: raw pg_dump {what:6s} {seconds:6.1f} s", flush=True)
+    a, b = statistics.median(alone), statistics.median(beside)
+    print()
+    print(f"machine: {machine()}")
+    print(
+        f"raw pg_dump alone {a:.1f} s; beside a SCHED_IDLE busy loop {b:.1f} s; "
+        f"ratio {b / a:.3f} ({(b - a) / b:.2f} s of pg_dump time lost per second of idle work)"
+    )
+
+
+MODES = {"disk": "disk only", "s3": "disk + S3 upload to the sandbox (moto)"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--no-s3", action="store_true", help="HQ_BACKUP_BUCKET=none")
+    parser.add_argument(
+        "--mode",
+        choices=("disk", "s3", "both"),
+        default="both",
+        help="disk: HQ_BACKUP_BUCKET empty; s3: the sandbox bucket; both: each round runs both",
+    )
+    parser.add_argument("--no-s3", action="store_true", help="the same as --mode disk")
     parser.add_argument("--encrypt", action="store_true", help="with HQ_BACKUP_KEY set")
+    parser.add_argument(
+        "--contention",
+        action="store_true",
+        help="measure the machine instead: raw pg_dump alone vs beside an idle-priority loop",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(Path(args.child), s3=not args.no_s3)
         return
+    modes = ["disk"] if args.no_s3 else ["disk", "s3"] if args.mode == "both" else [args.mode]
     key = base64.b64encode(os.urandom(32)).decode() if args.encrypt else None
     work = Path(tempfile.mkdtemp(prefix="hq-backup-bench-"))
     keys: list[str] = []
     raw_times: list[float] = []
-    bot_runs: list[dict[str, Any]] = []
+    bot_runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     raw_cpu: list[dict[str, float]] = []
-    bot_cpu: list[dict[str, float]] = []
+    bot_cpu: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     try:
         started = time.monotonic()
         table = make_table(args.size_mb)
@@ -294,10 +361,14 @@ def main() -> None:
             f"MiB), made in {time.monotonic() - started:.0f} s",
             flush=True,
         )
+        if args.contention:
+            contention(work, args.rounds)
+            return
         for number in range(args.rounds):
-            # alternate the order, so neither always runs on a warmer cache
-            order = ("raw", "bot") if number % 2 == 0 else ("bot", "raw")
-            for what in order:
+            # rotate the order, so none always runs first or on a warmer cache
+            order = ["raw", *modes]
+            shift = number % len(order)
+            for what in order[shift:] + order[:shift]:
                 before = cpu_meter()
                 if what == "raw":
                     self_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -310,26 +381,31 @@ def main() -> None:
                     raw_times.append(seconds)
                     raw_cpu.append(used)
                     print(
-                        f"round {number + 1}: raw pg_dump   {seconds:6.1f} s  "
+                        f"round {number + 1}: raw pg_dump        {seconds:6.1f} s  "
                         f"{size / 2**20:7.1f} MiB  cpu {_cpu_text(used)}",
                         flush=True,
                     )
                     (work / f"raw-{number}.dump").unlink()
                     continue
-                folder = work / f"bot-{number}"
+                folder = work / f"bot-{number}-{what}"
                 folder.mkdir()
-                run = bot_dump(folder, s3=not args.no_s3, key=key)
+                run = bot_dump(folder, s3=what == "s3", key=key)
                 used = cpu_used(before, cpu_meter())
                 used["client"] = run["cpu_seconds"]
-                bot_runs.append(run)
-                bot_cpu.append(used)
-                if not args.no_s3:
+                bot_runs[what].append(run)
+                bot_cpu[what].append(used)
+                if what == "s3":
                     names = [p.name for p in (folder / "backups").iterdir()]
                     keys += [f"db/{name}" for name in names]
+                phases = run["phases"]
+                dumped = phases.get("pg_dump done", float("nan"))
                 print(
-                    f"round {number + 1}: hq-bot backup {run['command_seconds']:6.1f} s  "
+                    f"round {number + 1}: hq-bot backup {what:4s} {run['command_seconds']:6.1f} s  "
                     f"{run['bytes'] / 2**20:7.1f} MiB  cpu {_cpu_text(used)}  "
-                    f"peak RSS {run['vmhwm_kb'] / 1024:.0f} MiB  verified={run['verified']}",
+                    f"peak RSS {run['vmhwm_kb'] / 1024:.0f} MiB  verified={run['verified']}  "
+                    f"(pg_dump streamed in {dumped:.1f} s, then check "
+                    f"+{phases.get('check done', dumped) - dumped:.1f} s, S3 "
+                    f"+{phases.get('upload done', dumped) - dumped:.1f} s)",
                     flush=True,
                 )
                 shutil.rmtree(folder)
@@ -340,20 +416,24 @@ def main() -> None:
         finally:
             drop_table()
     raw = statistics.median(raw_times)
-    bot = statistics.median(r["command_seconds"] for r in bot_runs)
-    rss = max(r["vmhwm_kb"] for r in bot_runs) / 1024
-    maxrss = max(r["ru_maxrss_kb"] for r in bot_runs) / 1024
     print()
     print(f"machine: {machine()}")
-    print(
-        f"mode: {'S3 upload to the sandbox (moto)' if not args.no_s3 else 'disk only'}"
-        f"{', encrypted' if args.encrypt else ''}; {args.rounds} rounds, medians"
-    )
-    print(f"raw pg_dump: {raw:.1f} s; hq-bot: {bot:.1f} s; ratio {bot / raw:.3f} (target <= 1.15)")
-    print(f"hq-bot peak RSS: VmHWM {rss:.0f} MiB, ru_maxrss {maxrss:.0f} MiB (target < 150)")
-    print(f"CPU seconds, raw:    {_cpu_text(_median_cpu(raw_cpu))} (client: docker compose CLI)")
-    print(f"CPU seconds, hq-bot: {_cpu_text(_median_cpu(bot_cpu))} (client: the bot process")
-    print("  with its pg_restore check; postgres includes the row counts)")
+    print(f"{args.rounds} rounds{', encrypted' if args.encrypt else ''}, medians")
+    print(f"raw pg_dump: {raw:.1f} s")
+    print(f"CPU seconds, raw: {_cpu_text(_median_cpu(raw_cpu))} (client: docker compose CLI)")
+    for mode in modes:
+        runs = bot_runs[mode]
+        bot = statistics.median(r["command_seconds"] for r in runs)
+        ratios = ", ".join(
+            f"{r['command_seconds'] / t:.2f}" for r, t in zip(runs, raw_times, strict=True)
+        )
+        rss = max(r["vmhwm_kb"] for r in runs) / 1024
+        maxrss = max(r["ru_maxrss_kb"] for r in runs) / 1024
+        print(f"hq-bot, {MODES[mode]}: {bot:.1f} s; ratio {bot / raw:.3f} (target <= 1.15)")
+        print(f"  per round (vs that round's raw dump): {ratios}")
+        print(f"  peak RSS: VmHWM {rss:.0f} MiB, ru_maxrss {maxrss:.0f} MiB (target < 150)")
+        print(f"  CPU seconds: {_cpu_text(_median_cpu(bot_cpu[mode]))} (client: the bot process")
+        print("  with its pg_restore check; postgres includes the row counts)")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

@@ -290,7 +290,8 @@ class Settings(BaseSettings):
     # --- Database backups and restore (issue 5) --------------------------------------------------
     hq_backup_bucket: str = Field(
         default="harmoniq-backups",
-        description="S3 bucket that gets a copy of every backup (created if missing); `none` "
+        description="S3 bucket that gets a copy of every backup (created if missing, with a "
+        "lifecycle rule that aborts multipart uploads left incomplete for a day); `none` "
         "(or an empty value given programmatically) keeps backups on disk only.",
     )
     hq_backup_key: SecretStr | None = Field(

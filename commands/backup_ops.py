@@ -47,6 +47,7 @@ from approvals.models import BackupKind, BackupState, utcnow
 from commands.infra import gateway
 from commands.infra.archive import ArchiveError, Decryptor, Encryptor, parse_key
 from commands.infra.backup_store import (
+    AtomicFile,
     BackupInfo,
     Catalogue,
     DatabaseLock,
@@ -403,6 +404,11 @@ class Dump:
         self.verify_error = ""
         self.checker: threading.Thread | None = None
         self.stderr: deque[bytes] = deque(maxlen=32)
+        self.marks: dict[str, float] = {}  # phase -> seconds since the start, for the log
+        self._t0 = time.monotonic()
+
+    def _mark(self, phase: str) -> None:
+        self.marks[phase] = round(time.monotonic() - self._t0, 2)
 
     def _store(self, data: bytes) -> None:
         """Bytes as stored (encrypted when a key is set): hash, count, write."""
@@ -456,6 +462,7 @@ class Dump:
             for part in decryptor.finish() if decryptor else ():
                 program.write(part)
             program.close()
+            self._mark("check done")
         except UploadAborted:
             pass  # the dump failed; the failure says so
         except ArchiveError as exc:
@@ -495,8 +502,10 @@ class Dump:
                     environment={"PGPASSWORD": password},
                     on_stderr=self.stderr.append,
                 )
+                self._mark("pg_dump started")
                 try:
                     counts = self._pump(stream, encryptor, deadline, timeout, counting)
+                    self._mark("pg_dump done")
                 except BaseException:
                     if not counting.done():
                         with suppress(Exception):
@@ -505,14 +514,17 @@ class Dump:
             # durable under its final name before the followers may see the end: a file that
             # cannot be committed must still abort the upload
             self.file.file.commit()
+            self._mark("file durable")
             self.file.finish()
             if self.checker is not None:
                 self.checker.join()
             if self.upload is not None:
                 try:
                     self.upload.wait()
+                    self._mark("upload done")
                 except Exception as exc:
                     self.upload_error = f"the S3 upload failed ({_s3_reason(exc)})"
+            log.info("backup %s phases (s): %s", self.info.id, self.marks)
         except BaseException as exc:
             if not isinstance(exc, UserError):
                 log.exception("backup %s failed", self.info.id)
@@ -624,6 +636,17 @@ def _s3_reason(exc: BaseException) -> str:
 
 
 # --- reading a backup back -------------------------------------------------------------------
+def missing_file(info: BackupInfo) -> str:
+    """Say that the file of ``info`` is missing, and how to get it back when it can be."""
+    message = f"The file of {info.id} ({info.path}) is missing."
+    if info.s3_key:
+        message += (
+            f" Its S3 copy s3://{info.s3_bucket}/{info.s3_key} can bring it back: "
+            f"`/hq backup fetch {info.id}`."
+        )
+    return message
+
+
 @dataclass(frozen=True)
 class Checked:
     size: int
@@ -637,7 +660,7 @@ def check_archive(settings: Any, info: BackupInfo) -> Checked:
     what was measured. Raise UserError saying what is wrong."""
     path = Path(info.path)
     if not path.is_file():
-        raise UserError(f"The file of {info.id} ({path}) is missing.")
+        raise UserError(missing_file(info))
     size = path.stat().st_size
     if size != info.size:
         raise UserError(
@@ -685,6 +708,81 @@ def check_archive(settings: Any, info: BackupInfo) -> Checked:
                 f"pg_restore could not read the whole archive of {info.id}: {exc.stderr_tail}"
             ) from None
     return Checked(size, digest, time.monotonic() - started)
+
+
+def s3_chunks(ctx: Context, info: BackupInfo) -> Iterator[bytes]:
+    """Yield the bytes of the S3 copy of ``info`` as stored, streamed in 1 MiB pieces. Raise
+    UserError when there is no copy, or it cannot be read."""
+    if not info.s3_key or not info.s3_bucket:
+        raise UserError(f"{info.id} has no S3 copy.")
+    where = f"s3://{info.s3_bucket}/{info.s3_key}"
+    try:
+        response = s3_client(ctx).get_object(info.s3_bucket, info.s3_key)
+    except Exception as exc:
+        raise UserError(f"The S3 copy {where} cannot be read ({_s3_reason(exc)}).") from None
+    try:
+        yield from response.stream(BLOCK)
+    except Exception as exc:
+        raise UserError(f"Reading the S3 copy {where} broke off ({_s3_reason(exc)}).") from None
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def _compare_copy(info: BackupInfo, size: int, digest: str) -> None:
+    if size != info.size:
+        raise UserError(
+            f"The S3 copy of {info.id} has {size} bytes; the catalogue recorded {info.size}: "
+            "it was truncated or replaced."
+        )
+    if digest != info.sha256:
+        raise UserError(
+            f"The checksum of the S3 copy of {info.id} does not match the catalogue (sha256 "
+            f"{digest[:12]}..., expected {info.sha256[:12]}...): it is corrupted."
+        )
+
+
+def check_s3_copy(ctx: Context, info: BackupInfo) -> Checked:
+    """Re-hash the S3 copy of ``info`` (streamed, nothing written) and compare its size and
+    SHA-256 with the catalogue: equal bytes to the file pg_restore read in full. Raise
+    UserError saying what is wrong."""
+    started = time.monotonic()
+    sha = hashlib.sha256()
+    size = 0
+    for block in s3_chunks(ctx, info):
+        sha.update(block)
+        size += len(block)
+    _compare_copy(info, size, sha.hexdigest())
+    return Checked(size, sha.hexdigest(), time.monotonic() - started)
+
+
+def fetch_s3_copy(ctx: Context, info: BackupInfo) -> Checked:
+    """Bring the S3 copy of ``info`` back to its place on disk: streamed into a temporary file
+    beside it, hashed on the way, and renamed into place only when size and SHA-256 equal the
+    catalogue's (nothing is left behind otherwise). The caller holds the backup lock. Raise
+    UserError saying what is wrong."""
+    path = Path(info.path)
+    if path.exists():
+        raise UserError(f"The file of {info.id} is already on disk ({path}).")
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = AtomicFile(path)
+    except OSError as exc:
+        raise UserError(f"Cannot write into {path.parent}: {describe(exc)}.") from None
+    started = time.monotonic()
+    sha = hashlib.sha256()
+    size = 0
+    with target:
+        try:
+            for block in s3_chunks(ctx, info):
+                sha.update(block)
+                size += len(block)
+                target.write(block)
+            _compare_copy(info, size, sha.hexdigest())
+            target.commit()
+        except OSError as exc:
+            raise UserError(f"Writing {path} failed: {describe(exc)}.") from None
+    return Checked(size, sha.hexdigest(), time.monotonic() - started)
 
 
 def stored_chunks(settings: Any, info: BackupInfo) -> Iterator[bytes]:

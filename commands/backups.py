@@ -1,5 +1,6 @@
 """Database Backup & Restore from the runbook: ``/hq backup now``, ``/hq backup list``,
-``/hq backup verify ID [--restore-test]``, ``/hq backup prune`` and ``/hq restore ID|latest``
+``/hq backup verify ID [--restore-test] [--s3]``, ``/hq backup fetch ID``, ``/hq backup prune``
+and ``/hq restore ID|latest``
 (destructive: a second person approves it).
 
 The mechanics are in :mod:`commands.backup_ops`; which backups retention keeps is the pure
@@ -101,7 +102,7 @@ def _require_complete(info: BackupInfo) -> None:
     if info.state != BackupState.COMPLETE:
         raise UserError(f"{info.id} is {info.state}; only a complete backup can be used.")
     if not Path(info.path).is_file():
-        raise UserError(f"The file of {info.id} ({info.path}) is missing.")
+        raise UserError(ops.missing_file(info))
 
 
 def _age_note(info: BackupInfo) -> str:
@@ -262,11 +263,16 @@ def execute_list(plan: Plan, ctx: Context, progress: Progress) -> Result:
 def plan_verify(args: Mapping[str, Any], ctx: Context) -> Plan:
     ref = str(args["id"])
     restore_test = bool(args.get("restore_test"))
+    s3 = bool(args.get("s3"))
     steps = [
         Step("take the backup lock"),
         Step("re-hash the file (SHA-256) and compare with the catalogue"),
         Step("read the whole archive with the host's pg_restore", ops.verify_argv(ctx.settings)),
     ]
+    if s3:
+        steps.append(
+            Step("re-hash the S3 copy (streamed, nothing written) and compare with the catalogue")
+        )
     if restore_test:
         steps += [
             Step("create a scratch database hq_restore_test_<random> on the deployment's server"),
@@ -279,10 +285,12 @@ def plan_verify(args: Mapping[str, Any], ctx: Context) -> Plan:
         ]
     return Plan(
         command="backup verify",
-        summary=f"verify backup {ref}" + (" with a restore test" if restore_test else ""),
+        summary=f"verify backup {ref}"
+        + (" and its S3 copy" if s3 else "")
+        + (" with a restore test" if restore_test else ""),
         steps=tuple(steps),
         targets=(ref,),
-        data={"id": ref, "restore_test": restore_test},
+        data={"id": ref, "restore_test": restore_test, "s3": s3},
     )
 
 
@@ -308,6 +316,26 @@ def execute_verify(plan: Plan, ctx: Context, progress: Progress) -> Result:
                 seconds=checked.seconds,
             ),
         ]
+        if plan.data.get("s3"):
+            progress(f"re-hashing the S3 copy s3://{info.s3_bucket}/{info.s3_key}")
+            try:
+                copy = ops.check_s3_copy(ctx, info)
+            except UserError as err:
+                rows.append(Row("s3 copy", Status.FAIL, err.message))
+                return Result(
+                    ok=False,
+                    title=f"Backup {info.id}: the file is good, its S3 copy is NOT: {err.message}",
+                    rows=tuple(rows),
+                )
+            rows.append(
+                Row(
+                    "s3 copy",
+                    Status.OK,
+                    f"s3://{info.s3_bucket}/{info.s3_key}: {ops.human_size(copy.size)}, sha256 "
+                    f"{copy.sha256[:12]} matches (the same bytes as the file read in full)",
+                    seconds=copy.seconds,
+                )
+            )
         if plan.data.get("restore_test"):
             started = time.monotonic()
             try:
@@ -338,8 +366,97 @@ def execute_verify(plan: Plan, ctx: Context, progress: Progress) -> Result:
             )
         cat.set_verified(info.id, True, utcnow())
     what = "restore test passed" if plan.data.get("restore_test") else "full read passed"
+    copy_note = ", S3 copy matches" if plan.data.get("s3") else ""
     return Result(
-        ok=True, title=f"Backup {info.id} verified: checksum matches, {what}", rows=tuple(rows)
+        ok=True,
+        title=f"Backup {info.id} verified: checksum matches, {what}{copy_note}",
+        rows=tuple(rows),
+    )
+
+
+# --- /hq backup fetch ----------------------------------------------------------------------------
+def plan_fetch(args: Mapping[str, Any], ctx: Context) -> Plan:
+    """Given a backup id, return the plan that brings its file back from its S3 copy. Raise
+    UserError when it has no S3 copy or its file is on disk."""
+    info = _resolve(ops.catalogue(ctx), str(args["id"]))
+    if info.state != BackupState.COMPLETE:
+        raise UserError(f"{info.id} is {info.state}; only a complete backup can be fetched.")
+    if not info.s3_key:
+        raise UserError(f"{info.id} has no S3 copy to fetch from.")
+    if Path(info.path).exists():
+        raise UserError(
+            f"The file of {info.id} is on disk ({info.path}); nothing to fetch. "
+            f"`/hq backup verify {info.id} --s3` compares it with its S3 copy."
+        )
+    where = f"s3://{info.s3_bucket}/{info.s3_key}"
+    return Plan(
+        command="backup fetch",
+        summary=f"bring the file of backup {info.id} back from {where} "
+        f"({ops.human_size(info.size)}, sha256 {info.sha256[:12]})",
+        steps=(
+            Step("take the backup lock"),
+            Step(
+                f"stream {where} into a temporary file in {Path(info.path).parent}, hashing it "
+                "on the way"
+            ),
+            Step(
+                f"rename it to {info.file_name} only if its size and SHA-256 equal the "
+                "catalogue's (otherwise nothing is kept)"
+            ),
+            Step(
+                "read the whole archive with the host's pg_restore", ops.verify_argv(ctx.settings)
+            ),
+        ),
+        targets=(info.id,),
+        data={"id": info.id, "sha256": info.sha256},
+    )
+
+
+def execute_fetch(plan: Plan, ctx: Context, progress: Progress) -> Result:
+    cat = ops.catalogue(ctx)
+    with ops.acquire(ctx, "backup fetch"):
+        info = cat.get(str(plan.data["id"]))
+        if info is None or info.state != BackupState.COMPLETE or not info.s3_key:
+            raise UserError(f"{plan.data['id']} is no longer a complete backup with an S3 copy.")
+        if info.sha256 != plan.data["sha256"]:
+            raise UserError(f"{info.id} changed since the plan was made; nothing was done.")
+        progress(f"fetching s3://{info.s3_bucket}/{info.s3_key} ({ops.human_size(info.size)})")
+        fetched = ops.fetch_s3_copy(ctx, info)
+        rows = [
+            Row(
+                "fetched",
+                Status.OK,
+                f"{ops.human_size(fetched.size)} into {info.path}, sha256 {fetched.sha256[:12]} "
+                "matches the catalogue",
+                seconds=fetched.seconds,
+            )
+        ]
+        progress(f"reading {info.file_name} in full")
+        try:
+            checked = ops.check_archive(ctx.settings, info)
+        except UserError as err:
+            cat.set_verified(info.id, False, utcnow(), err.message)
+            rows.append(Row("full read", Status.FAIL, err.message))
+            return Result(
+                ok=False,
+                title=f"Fetched {info.id}, but it is NOT good: {err.message}",
+                rows=tuple(rows),
+            )
+        cat.set_verified(info.id, True, utcnow())
+        rows.append(
+            Row(
+                "full read",
+                Status.OK,
+                f"pg_restore read all {ops.human_size(checked.size)}",
+                seconds=checked.seconds,
+            )
+        )
+    return Result(
+        ok=True,
+        title=f"Backup {info.id} is back on disk from its S3 copy and verified "
+        f"({ops.human_size(info.size)}, sha256 {info.sha256[:12]})",
+        rows=tuple(rows),
+        data={"backup": info.id},
     )
 
 
@@ -694,7 +811,23 @@ SPECS = (
                 default=False,
                 help="restore into hq_restore_test_<random> and compare row counts",
             ),
+            Option(
+                "--s3",
+                flag=True,
+                default=False,
+                help="also re-hash the S3 copy and compare it with the catalogue",
+            ),
         ),
+        roles=frozenset({Role.OPERATOR}),
+        section=SECTION,
+    ),
+    CommandSpec(
+        name="backup fetch",
+        summary="Bring a backup's file back from its S3 copy (checked against the catalogue's "
+        "SHA-256, then read in full).",
+        plan=plan_fetch,
+        execute=execute_fetch,
+        args=(Arg("id", parse=backup_id, metavar="ID", help="a backup id"),),
         roles=frozenset({Role.OPERATOR}),
         section=SECTION,
     ),

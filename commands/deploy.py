@@ -1,7 +1,7 @@
 """Steps shared by the commands that change the deployment: ``rotate``, ``upgrade``,
 ``rollback``.
 
-- One change at a time in this process (:func:`exclusive`).
+- One change at a time, across every hq-bot sharing the database (:func:`exclusive`).
 - compose takes a variable from its caller's environment over ``.env``: a rotation refuses to run
   when hq-bot's own environment sets one of ``.env``'s keys (:func:`guard_compose_env`).
 - Health gates poll until a recreated service proves healthy or the time is up, and give up at
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from commands.health import backend_rows, short, worst
+from commands.infra.backup_store import DatabaseLock
 from commands.infra.compose import ComposeArgv
 from commands.spec import Context, Progress, Row, Status, UserError
 
@@ -27,22 +27,19 @@ POLL_SECONDS = 1.0
 CRASHED = {"restarting", "exited", "dead"}
 STOPPED_CODES = {0, 137, 143}  # exited after `docker stop` (SIGTERM, then SIGKILL)
 
-_change_lock = threading.Lock()
+CHANGE_LOCK = "deployment"
+CHANGE_WORK = "Another change to the deployment (a rotation, upgrade or rollback)"
 
 
 @contextlib.contextmanager
-def exclusive() -> Iterator[None]:
-    """Hold the process's one change-the-deployment slot. Raise UserError when another
-    rotation, upgrade or rollback holds it."""
-    if not _change_lock.acquire(blocking=False):
-        raise UserError(
-            "Another change to the deployment (a rotation, upgrade or rollback) is running; "
-            "nothing was done. Try again when it has finished."
-        )
-    try:
+def exclusive(ctx: Context, what: str) -> Iterator[None]:
+    """Hold the one change-the-deployment slot for ``what`` (``rotate jwt``) while the block
+    runs: a lock row in hq-bot's database (a PostgreSQL advisory lock when it is PostgreSQL),
+    so replicas sharing the database take turns too. Raise LockBusy (a UserError naming the
+    holder and since when) when another rotation, upgrade or rollback holds it."""
+    lock = DatabaseLock(ctx.governance.engine, name=CHANGE_LOCK, work=CHANGE_WORK)
+    with lock.acquire(f"{ctx.actor.label} ({what})", ctx.operation_id):
         yield
-    finally:
-        _change_lock.release()
 
 
 def guard_compose_env(keys: Iterable[str]) -> None:

@@ -621,7 +621,7 @@ def execute(plan: Plan, ctx: Context, progress: Progress) -> Result:
     """Run a rotation plan: see the module's docstring. Never raises for a failed step: the
     result says what failed and what was put back."""
     rotation = ROTATIONS[str(plan.data["kind"])]
-    with deploy.exclusive():
+    with deploy.exclusive(ctx, f"rotate {plan.data['kind']}"):
         env = ctx.infra.env.read()
         deploy.guard_compose_env(env)
         keys = tuple(plan.data["keys"])

@@ -260,7 +260,7 @@ def execute_app(plan: Plan, ctx: Context, progress: Progress) -> Result:
     git = Git(folder)
     old, new = str(data["from"]), str(data["to"])
     steps = deploy.Steps(progress)
-    with deploy.exclusive():
+    with deploy.exclusive(ctx, plan.command):
         deploy.guard_compose_env(ctx.infra.env.read())
         if git.head() != old:
             raise UserError("The checkout moved since the plan was made; nothing was done.")
@@ -428,7 +428,7 @@ def execute_rollback(plan: Plan, ctx: Context, progress: Progress) -> Result:
     git = Git(Path(str(data["dir"])))
     old, new = str(data["from"]), str(data["to"])
     steps = deploy.Steps(progress)
-    with deploy.exclusive():
+    with deploy.exclusive(ctx, plan.command):
         deploy.guard_compose_env(ctx.infra.env.read())
         if git.head() != old:
             raise UserError("The checkout moved since the plan was made; nothing was done.")
@@ -708,7 +708,7 @@ def execute_infra(plan: Plan, ctx: Context, progress: Progress) -> Result:
     service, old_image, new_image = str(data["service"]), str(data["from"]), str(data["to"])
     path = Path(str(data["file"]))
     steps = deploy.Steps(progress)
-    with deploy.exclusive():
+    with deploy.exclusive(ctx, plan.command):
         deploy.guard_compose_env(ctx.infra.env.read())
         original = path.read_bytes()
         if hashlib.sha256(original).hexdigest() != data["file_sha256"]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +39,15 @@ log = logging.getLogger(__name__)
 LOCK_NAME = "database"
 ADVISORY_KEY = 0x68712D62616B  # "hq-bak": one key for every hq-bot sharing a PostgreSQL
 PARTIAL = ".partial-"
+BACKUP_WORK = "A backup or restore"
+
+
+def advisory_key(name: str) -> int:
+    """Given a lock's name, return its PostgreSQL advisory lock key (the same in every
+    replica): the historic key for the backup lock, a hash of the name for the others."""
+    if name == LOCK_NAME:
+        return ADVISORY_KEY
+    return int.from_bytes(hashlib.sha256(f"hq-bot lock {name}".encode()).digest()[:7], "big")
 
 
 def aware(value: dt.datetime) -> dt.datetime:
@@ -238,20 +248,27 @@ class LockHolder:
 
 
 class LockBusy(UserError):
-    """Another backup or restore holds the lock; the message says who and since when."""
+    """Someone else holds the lock; the message says who and since when. ``work`` names what
+    the lock guards (``A backup or restore``)."""
 
-    def __init__(self, holder: LockHolder | None, now: dt.datetime | None = None) -> None:
+    def __init__(
+        self,
+        holder: LockHolder | None,
+        now: dt.datetime | None = None,
+        *,
+        work: str = BACKUP_WORK,
+    ) -> None:
         self.holder = holder
         if holder is None:
-            message = "Another backup or restore is running right now; try again when it is done."
+            message = f"{work} is running right now; try again when it is done."
         else:
             now = now or utcnow()
             since = holder.acquired_at
             age = ago((now - since).total_seconds())
             message = (
-                f"A backup or restore is already running: {holder.holder}, operation "
+                f"{work} is already running: {holder.holder}, operation "
                 f"{holder.op_id or '?'}, since {since:%Y-%m-%d %H:%M:%S} UTC ({age} ago). "
-                "One runs at a time; try again when it is done."
+                "One runs at a time; nothing was done. Try again when it is done."
             )
         super().__init__(message)
 
@@ -280,9 +297,11 @@ class Lease:
             try:
                 if not self._lock.touch(self.owner):
                     self.lost = True
-                    log.error("the backup lock was taken over while this process held it")
+                    log.error(
+                        "the %s lock was taken over while this process held it", self._lock.name
+                    )
             except Exception:
-                log.exception("could not refresh the backup lock's heartbeat")
+                log.exception("could not refresh the %s lock's heartbeat", self._lock.name)
 
     def release(self) -> None:
         """Give the lock back (idempotent)."""
@@ -296,7 +315,7 @@ class Lease:
             if self._connection is not None:
                 with suppress(Exception):
                     self._connection.execute(
-                        text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY}
+                        text("SELECT pg_advisory_unlock(:key)"), {"key": self._lock.key}
                     )
                     self._connection.commit()
                 with suppress(Exception):
@@ -316,18 +335,22 @@ class Lease:
 
 
 class DatabaseLock:
-    """One backup or restore at a time, across threads, processes and replicas."""
+    """One holder at a time, across threads, processes and replicas: by default the lock of
+    backups and restores; ``name`` and ``work`` make others (the deployment's change lock)."""
 
     def __init__(
         self,
         engine: Engine,
         *,
         name: str = LOCK_NAME,
+        work: str = BACKUP_WORK,
         stale_after: float = 300.0,
         heartbeat: float = 30.0,
     ) -> None:
         self.engine = engine
         self.name = name
+        self.work = work
+        self.key = advisory_key(name)
         self.stale_after = stale_after
         self.heartbeat = heartbeat
         self._sessions = sessionmaker(engine, expire_on_commit=False)
@@ -397,7 +420,7 @@ class DatabaseLock:
                     continue
                 age = (utcnow() - current.heartbeat_at).total_seconds()
                 if age < self.stale_after:
-                    raise LockBusy(current) from None
+                    raise LockBusy(current, work=self.work) from None
                 with self._sessions.begin() as session:
                     gone = session.execute(
                         delete(BackupLock).where(
@@ -407,9 +430,9 @@ class DatabaseLock:
                         )
                     )
                 if getattr(gone, "rowcount", 0):
-                    log.warning("took over a stale backup lock of %s", current.owner)
+                    log.warning("took over a stale %s lock of %s", self.name, current.owner)
                     took_over = current
-        raise LockBusy(self.holder())
+        raise LockBusy(self.holder(), work=self.work)
 
     def _acquire_advisory(self, holder: str, op_id: str, owner: str) -> Lease:
         connection = self.engine.connect()
@@ -417,11 +440,11 @@ class DatabaseLock:
         connection.detach()
         try:
             got = connection.execute(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY}
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}
             ).scalar()
             connection.commit()
             if not got:
-                raise LockBusy(self.holder())
+                raise LockBusy(self.holder(), work=self.work)
             # the advisory lock is ours, so a row left behind belongs to a process that died
             previous = self.holder()
             if previous is not None:
@@ -639,8 +662,14 @@ class StreamUpload:
             raise self.error
 
 
-def ensure_bucket(client: Any, bucket: str) -> bool:
-    """Create ``bucket`` when it does not exist. Return True when it was created."""
+ABORT_RULE_ID = "hq-bot-abort-incomplete-uploads"
+
+
+def ensure_bucket(client: Any, bucket: str, *, abort_after_days: int = 1) -> bool:
+    """Create ``bucket`` when it does not exist, with a lifecycle rule that makes the store
+    abort multipart uploads left incomplete for ``abort_after_days`` (a process killed in
+    the middle of a backup cannot abort its own). Return True when it was created. A bucket
+    that exists already keeps the lifecycle its owners gave it."""
     if client.bucket_exists(bucket):
         return False
     try:
@@ -649,6 +678,23 @@ def ensure_bucket(client: Any, bucket: str) -> bool:
         if getattr(exc, "code", "") in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
             return False
         raise
+    from minio.commonconfig import ENABLED, Filter
+    from minio.lifecycleconfig import AbortIncompleteMultipartUpload, LifecycleConfig, Rule
+
+    rule = Rule(
+        ENABLED,
+        rule_filter=Filter(prefix=""),
+        rule_id=ABORT_RULE_ID,
+        abort_incomplete_multipart_upload=AbortIncompleteMultipartUpload(abort_after_days),
+    )
+    try:
+        client.set_bucket_lifecycle(bucket, LifecycleConfig([rule]))
+    except Exception as exc:  # the bucket works without it; say so in the log
+        log.warning(
+            "could not set the abort-incomplete-uploads rule on %s (%s)",
+            bucket,
+            getattr(exc, "code", "") or type(exc).__name__,
+        )
     return True
 
 

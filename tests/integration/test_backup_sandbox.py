@@ -358,3 +358,43 @@ def test_without_s3_or_pg_restore_the_backup_is_kept_and_says_what_is_missing(
     assert "the S3 upload could not start" in out and "S3: NOT uploaded" in out
     assert info.state == "complete" and not info.verified and info.s3_key == ""
     assert Path(info.path).is_file() and Path(info.path).stat().st_size == info.size
+
+
+def test_a_lost_file_comes_back_from_its_s3_copy_and_a_bad_copy_is_not_kept(
+    backup_bot: Any, table: str, bucket: str
+) -> None:
+    bot = backup_bot()
+    fill(table, 500)
+    code, out = run_console(bot, "/hq backup now")
+    assert code == 0, out
+    info = catalogue(bot).listing()[0]
+    assert info.where == "disk + s3"
+    # the bucket the backup created aborts forgotten multipart uploads by itself
+    rules = s3().get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert [r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] for r in rules] == [1]
+
+    code, out = run_console(bot, f"/hq backup verify {info.id} --s3")
+    assert code == 0 and "checksum matches, full read passed, S3 copy matches" in out, out
+
+    Path(info.path).unlink()
+    code, out = run_console(bot, '/hq restore latest --reason "lost the disk"')
+    assert f"The file of {info.id} ({info.path}) is missing." in out
+    assert f"/hq backup fetch {info.id}" in out and "Request rq-" not in out
+
+    # a copy that is not the backup's bytes is refused and leaves nothing in the folder
+    good = s3().get_object(Bucket=bucket, Key=info.s3_key)["Body"].read()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    s3().put_object(Bucket=bucket, Key=info.s3_key, Body=bytes(bad))
+    code, out = run_console(bot, f"/hq backup fetch {info.id}")
+    assert "does not match the catalogue" in out and "it is corrupted" in out, out
+    assert list(Path(info.path).parent.iterdir()) == []
+
+    s3().put_object(Bucket=bucket, Key=info.s3_key, Body=good)
+    code, out = run_console(bot, f"/hq backup fetch {info.id}")
+    assert code == 0, out
+    assert f"Backup {info.id} is back on disk from its S3 copy and verified" in out
+    assert hashlib.sha256(Path(info.path).read_bytes()).hexdigest() == info.sha256
+    assert (Path(info.path).stat().st_mode & 0o777) == 0o600
+    code, out = run_console(bot, f"/hq backup fetch {info.id}")
+    assert "is on disk" in out and "nothing to fetch" in out

@@ -20,6 +20,7 @@ from approvals.models import BackupLock, BackupState
 from commands import backup_ops as ops
 from commands import backups
 from commands.infra.backup_store import (
+    ADVISORY_KEY,
     AtomicFile,
     BackupInfo,
     Catalogue,
@@ -28,6 +29,7 @@ from commands.infra.backup_store import (
     LockBusy,
     StreamUpload,
     UploadAborted,
+    advisory_key,
     leftovers,
 )
 from commands.parser import parse
@@ -386,6 +388,20 @@ def test_the_lock_names_its_holder_and_is_released(engine: Any) -> None:
     assert " UTC (" in info.value.message
     lease.release()
     DatabaseLock(engine).acquire("bob (restore)", "op-2").release()
+
+
+def test_locks_of_other_names_do_not_block_each_other(engine: Any) -> None:
+    backup = DatabaseLock(engine).acquire("alice (backup now)", "op-1")
+    change = DatabaseLock(engine, name="deployment", work="A change").acquire(
+        "bob (rotate)", "op-2"
+    )
+    with pytest.raises(LockBusy) as info:
+        DatabaseLock(engine, name="deployment", work="A change").acquire("carol (upgrade)", "op-3")
+    assert info.value.message.startswith("A change is already running: bob (rotate), operation")
+    assert advisory_key("deployment") != advisory_key("database") == ADVISORY_KEY
+    assert 0 < advisory_key("deployment") < 2**63
+    change.release()
+    backup.release()
 
 
 def test_only_one_thread_gets_the_lock(engine: Any) -> None:

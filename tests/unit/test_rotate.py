@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from minio.error import S3Error
 
+from approvals.db import make_engine, upgrade
 from commands import deploy, rotate
 from commands.infra.compose import ComposeArgv
 from commands.infra.docker_engine import ContainerInfo
@@ -54,6 +55,13 @@ class Ctx:
     operation_id: str = "op-test"
     governance: Any = None
     registry: Any = field(default_factory=lambda: REGISTRY)
+
+
+def governance(folder: Path) -> Any:
+    """The part of hq-bot's governance the deployment's change lock needs: its database."""
+    engine = make_engine(f"sqlite:///{folder}/hq-bot.db")
+    upgrade(engine)
+    return type("Governance", (), {"engine": engine})()
 
 
 class FakeDeployment:
@@ -184,7 +192,7 @@ def world(tmp_path: Path, make_settings: Any) -> Any:
         type("R", (), {"client": redis_client})(),
         FakeS3(),
     )
-    ctx = Ctx(settings, infra)
+    ctx = Ctx(settings, infra, governance=governance(tmp_path))
     return type("World", (), {"ctx": ctx, "fake": fake, "env": env_path, "redis": redis_client})
 
 
@@ -355,11 +363,40 @@ def test_nothing_runs_when_hq_bots_environment_sets_a_key_of_env(
 
 
 def test_only_one_change_to_the_deployment_runs_at_a_time(world: Any) -> None:
-    plan = plan_of(world, "rotate turn-secret")
-    with deploy.exclusive(), pytest.raises(UserError) as info:
+    plan = plan_of(world, "rotate jwt")
+    bob = Ctx(
+        world.ctx.settings,
+        governance=world.ctx.governance,
+        actor=Actor("U0BOB", "bob", "C1", "slack"),
+        operation_id="op-bob",
+    )
+    with deploy.exclusive(bob, "upgrade app"), pytest.raises(UserError) as info:
         rotate.execute(plan, world.ctx, lambda _line: None)
-    assert "Another change to the deployment" in info.value.message
+    message = info.value.message
+    assert message.startswith("Another change to the deployment (a rotation, upgrade or ")
+    assert "already running: bob (upgrade app), operation op-bob, since " in message
+    assert world.env.read_text() == ENV_TEXT and world.fake.calls == []
+    # released with the block: the rotation runs now
+    result, _lines = run(world, "rotate jwt")
+    assert result.ok, result.title
+
+
+def test_the_change_lock_holds_across_replicas_sharing_the_database(world: Any) -> None:
+    """Another hq-bot process (its own engine on the same database) holds the lock."""
+    other = make_engine(str(world.ctx.governance.engine.url))
+    replica = Ctx(
+        world.ctx.settings,
+        governance=type("Governance", (), {"engine": other})(),
+        actor=Actor("U0BOB", "bob", "C1", "slack"),
+        operation_id="op-replica",
+    )
+    with (
+        deploy.exclusive(replica, "rollback"),
+        pytest.raises(UserError, match=r"bob \(rollback\), operation op-replica"),
+    ):
+        run(world, "rotate jwt")
     assert world.env.read_text() == ENV_TEXT
+    other.dispose()
 
 
 def test_a_secret_changed_after_the_plan_is_not_rotated(world: Any) -> None:

@@ -23,7 +23,7 @@ from commands.parser import parse
 from commands.registry import REGISTRY
 from commands.spec import CommandSpec, Plan, Result, Step, UserError
 from commands.upgrade import parse_tag, set_service_image, with_tag
-from tests.unit.test_rotate import ENV_TEXT, Ctx, FakeDeployment, FakeS3, Infra
+from tests.unit.test_rotate import ENV_TEXT, Ctx, FakeDeployment, FakeS3, Infra, governance
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -189,7 +189,8 @@ def world(repos: Any, tmp_path: Path, make_settings: Any) -> Any:
 
     redis = type("Redis", (), {"ping": lambda self: True})()
     infra = Infra(EnvFile(env_path), fake, fake, fake, redis, FakeS3())
-    return type("World", (), {"ctx": Ctx(settings, infra), "fake": fake, "repos": repos})
+    ctx = Ctx(settings, infra, governance=governance(tmp_path))
+    return type("World", (), {"ctx": ctx, "fake": fake, "repos": repos})
 
 
 class FakeCompose(FakeDeployment):
