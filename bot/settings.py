@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 SLACK_ID = re.compile(r"^[UWBS][A-Z0-9]{2,20}$")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]{1,253}):[0-9]{1,5}$")  # issue 3
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 class SettingsError(Exception):
@@ -33,6 +34,31 @@ def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def _matching(value: str, pattern: str | re.Pattern[str], what: str) -> str:
+    """Given a setting, return it when ``pattern`` matches it. Raise ValueError saying it is not
+    ``what``."""
+    if not re.match(pattern, value):
+        raise ValueError(f"{value!r} is not {what}")
+    return value
+
+
+def _host_port(value: str, example: str) -> str:
+    """Given a ``host:port`` setting, return it. Raise ValueError (showing ``example``) when it
+    is not one or the port is out of range."""
+    if not HOST_PORT.match(value) or not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (like {example})")
+    return value
+
+
+def _optional_bucket(value: str) -> str:
+    """Given a bucket setting, return "" when it says there is none (``none``, ``off``, ``-``,
+    blank), else the bucket name. Raise ValueError when it is not an S3 bucket name."""
+    value = value.strip()
+    if value.lower() in {"", "none", "off", "-"}:
+        return ""
+    return _matching(value, S3_BUCKET, "an S3 bucket name (or `none`)")
 
 
 class Settings(BaseSettings):
@@ -361,7 +387,12 @@ class Settings(BaseSettings):
     # --- end of MinIO backup block ----------------------------------------------------------------
 
     @field_validator(
-        "hq_approvers", "hq_operators", "hq_compose_command", "hq_approval_commands", mode="before"
+        "hq_approvers",
+        "hq_operators",
+        "hq_compose_command",
+        "hq_approval_commands",
+        "hq_tls_endpoints",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: Any) -> Any:
@@ -370,17 +401,14 @@ class Settings(BaseSettings):
     @field_validator("hq_approvers", "hq_operators")
     @classmethod
     def _slack_ids(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not SLACK_ID.match(item):
-                raise ValueError(f"{item!r} is not a Slack user ID (like U0123ABCD)")
-        return value
+        return [_matching(item, SLACK_ID, "a Slack user ID (like U0123ABCD)") for item in value]
 
     @field_validator("hq_approver_group")
     @classmethod
     def _group_id(cls, value: str) -> str:
-        if value and not re.match(r"^S[A-Z0-9]{2,20}$", value):
-            raise ValueError(f"{value!r} is not a Slack user group ID (like S0123ABCD)")
-        return value
+        if not value:
+            return value
+        return _matching(value, r"^S[A-Z0-9]{2,20}$", "a Slack user group ID (like S0123ABCD)")
 
     @field_validator(
         "hq_service_backend",
@@ -393,9 +421,7 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _service(cls, value: str) -> str:
-        if not SERVICE_NAME.match(value):
-            raise ValueError(f"{value!r} is not a compose name (lower case, digits, - _ .)")
-        return value
+        return _matching(value, SERVICE_NAME, "a compose name (lower case, digits, - _ .)")
 
     @field_validator(
         "hq_schedule_backup",
@@ -434,18 +460,10 @@ class Settings(BaseSettings):
         return value
 
     # --- issue 3 validators ----------------------------------------------------------------------
-    @field_validator("hq_tls_endpoints", mode="before")
-    @classmethod
-    def _csv_tls(cls, value: Any) -> Any:
-        return _split_csv(value)
-
     @field_validator("hq_tls_endpoints")
     @classmethod
     def _host_ports(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not HOST_PORT.match(item) or not 1 <= int(item.rsplit(":", 1)[1]) <= 65535:
-                raise ValueError(f"{item!r} is not host:port (like harmoniq.example.org:443)")
-        return value
+        return [_host_port(item, "harmoniq.example.org:443") for item in value]
 
     @field_validator("hq_backend_url", "hq_s3_endpoint", "hq_prometheus_url")
     @classmethod
@@ -464,16 +482,14 @@ class Settings(BaseSettings):
     @field_validator("hq_postgres_host")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_.:/-]{1,255}$", value):
-            raise ValueError(f"{value!r} is not a host name, address or socket folder")
-        return value
+        return _matching(
+            value, r"^[A-Za-z0-9_.:/-]{1,255}$", "a host name, address or socket folder"
+        )
 
     @field_validator("hq_s3_bucket")
     @classmethod
     def _bucket(cls, value: str) -> str:
-        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", value):
-            raise ValueError(f"{value!r} is not an S3 bucket name")
-        return value
+        return _matching(value, S3_BUCKET, "an S3 bucket name")
 
     # --- end of issue 3 validators ---------------------------------------------------------------
 
@@ -496,9 +512,7 @@ class Settings(BaseSettings):
     @field_validator("hq_turn_address")
     @classmethod
     def _turn_address(cls, value: str) -> str:
-        if not HOST_PORT.match(value) or not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
-            raise ValueError(f"{value!r} is not host:port (like 127.0.0.1:3478)")
-        return value
+        return _host_port(value, "127.0.0.1:3478")
 
     # --- end of issue 6 validators ---------------------------------------------------------------
 
@@ -506,12 +520,7 @@ class Settings(BaseSettings):
     @field_validator("hq_backup_bucket")
     @classmethod
     def _backup_bucket(cls, value: str) -> str:
-        value = value.strip()
-        if value.lower() in {"", "none", "off", "-"}:
-            return ""
-        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", value):
-            raise ValueError(f"{value!r} is not an S3 bucket name (or `none`)")
-        return value
+        return _optional_bucket(value)
 
     @field_validator("hq_backup_key")
     @classmethod
@@ -532,9 +541,7 @@ class Settings(BaseSettings):
     @field_validator("hq_pg_restore")
     @classmethod
     def _program(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9_./-]{1,255}$", value):
-            raise ValueError(f"{value!r} is not a program name or path")
-        return value
+        return _matching(value, r"^[A-Za-z0-9_./-]{1,255}$", "a program name or path")
 
     # --- end of issue 5 validators ---------------------------------------------------------------
 
@@ -542,12 +549,8 @@ class Settings(BaseSettings):
     @field_validator("hq_minio_mirror_bucket")
     @classmethod
     def _mirror_bucket(cls, value: str, info: ValidationInfo) -> str:
-        value = value.strip()
-        if value.lower() in {"", "none", "off", "-"}:
-            return ""
-        if not re.match(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", value):
-            raise ValueError(f"{value!r} is not an S3 bucket name (or `none`)")
-        if value == info.data.get("hq_s3_bucket"):
+        value = _optional_bucket(value)
+        if value and value == info.data.get("hq_s3_bucket"):
             raise ValueError("the mirror bucket must differ from HQ_S3_BUCKET")
         return value
 

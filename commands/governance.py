@@ -11,8 +11,10 @@ from commands.spec import (
     Arg,
     CommandSpec,
     Context,
+    ExecuteFn,
     Option,
     Plan,
+    PlanFn,
     Progress,
     Result,
     Role,
@@ -63,7 +65,7 @@ def command_filter(text: str) -> str:
     return text
 
 
-def _plan_for(name: str) -> Any:
+def _plan_for(name: str) -> PlanFn:
     def plan(args: Mapping[str, Any], ctx: Context) -> Plan:
         shown = " ".join(str(v) for v in args.values() if v not in (None, False))
         return Plan(command=name, summary=f"{name} {shown}".strip(), data=dict(args))
@@ -71,7 +73,7 @@ def _plan_for(name: str) -> Any:
     return plan
 
 
-def _decide(verb: str) -> Any:
+def _decide(verb: str) -> ExecuteFn:
     def execute(plan: Plan, ctx: Context, progress: Progress) -> Result:
         result: Result = ctx.governance.decide(verb, ctx, str(plan.data["request"]))
         return result
@@ -108,47 +110,44 @@ _REQUEST = (
 _EVERYONE = frozenset({Role.ANYONE})
 SECTION = "Approvals and audit"
 
-SPECS = (
-    CommandSpec(
-        name="pending",
-        summary="List approval requests waiting for a second person.",
-        plan=_plan_for("pending"),
-        execute=_pending,
+
+def _listing(name: str, summary: str, execute: ExecuteFn) -> CommandSpec:
+    """Return the spec of a list anyone may ask for, answered at once from what is known."""
+    return CommandSpec(
+        name=name,
+        summary=summary,
+        plan=_plan_for(name),
+        execute=execute,
         roles=_EVERYONE,
         immediate=True,
         readonly=True,
         section=SECTION,
-    ),
-    CommandSpec(
-        name="approve",
-        summary="Approve a pending request (never your own). The Approve button does the same.",
+    )
+
+
+def _decision(verb: str, summary: str) -> CommandSpec:
+    """Given ``approve``, ``deny`` or ``cancel``, return its spec: the same command but for the
+    verb it hands to the bot's approvals service."""
+    return CommandSpec(
+        name=verb,
+        summary=summary,
         args=_REQUEST,
-        plan=_plan_for("approve"),
-        execute=_decide("approve"),
+        plan=_plan_for(verb),
+        execute=_decide(verb),
         roles=_EVERYONE,
         immediate=True,
         section=SECTION,
+    )
+
+
+SPECS = (
+    _listing("pending", "List approval requests waiting for a second person.", _pending),
+    _decision(
+        "approve",
+        "Approve a pending request (never your own). The Approve button does the same.",
     ),
-    CommandSpec(
-        name="deny",
-        summary="Deny a pending request. The Deny button does the same.",
-        args=_REQUEST,
-        plan=_plan_for("deny"),
-        execute=_decide("deny"),
-        roles=_EVERYONE,
-        immediate=True,
-        section=SECTION,
-    ),
-    CommandSpec(
-        name="cancel",
-        summary="Withdraw your own pending request.",
-        args=_REQUEST,
-        plan=_plan_for("cancel"),
-        execute=_decide("cancel"),
-        roles=_EVERYONE,
-        immediate=True,
-        section=SECTION,
-    ),
+    _decision("deny", "Deny a pending request. The Deny button does the same."),
+    _decision("cancel", "Withdraw your own pending request."),
     CommandSpec(
         name="audit",
         summary="Show the newest audit events, optionally for one user or command.",
@@ -164,16 +163,7 @@ SPECS = (
         readonly=True,
         section=SECTION,
     ),
-    CommandSpec(
-        name="schedule",
-        summary="List scheduled jobs with their next run and last result.",
-        plan=_plan_for("schedule"),
-        execute=_schedule,
-        roles=_EVERYONE,
-        immediate=True,
-        readonly=True,
-        section=SECTION,
-    ),
+    _listing("schedule", "List scheduled jobs with their next run and last result.", _schedule),
     CommandSpec(
         name="audit verify",
         summary="Check the audit trail's hash chain and name the first bad row.",

@@ -99,6 +99,17 @@ def parse(text: str, registry: Mapping[str, CommandSpec]) -> Parsed:
     def bad(message: str) -> UserError:
         return UserError(message, usage=spec.usage)
 
+    def take_value(eq: str, inline: str, missing: str) -> str:
+        """Return the value written after ``=``, else the next word (consumed). Raise UserError
+        with ``missing`` when there is neither."""
+        nonlocal index
+        if eq:
+            return inline
+        if index < len(rest):
+            index += 1
+            return rest[index - 1]
+        raise bad(missing)
+
     while index < len(rest):
         word = rest[index]
         index += 1
@@ -113,13 +124,7 @@ def parse(text: str, registry: Mapping[str, CommandSpec]) -> Parsed:
             dry_run = True
             continue
         if name == "--reason":
-            if eq:
-                reason = inline
-            elif index < len(rest):
-                reason = rest[index]
-                index += 1
-            else:
-                raise bad('`--reason` needs a text, e.g. --reason "disk full".')
+            reason = take_value(eq, inline, '`--reason` needs a text, e.g. --reason "disk full".')
             if len(reason) > MAX_REASON:
                 raise bad(f"The reason is too long (the limit is {MAX_REASON} characters).")
             continue
@@ -131,13 +136,7 @@ def parse(text: str, registry: Mapping[str, CommandSpec]) -> Parsed:
                 raise bad(f"`{name}` takes no value.")
             values[option.key] = True
             continue
-        if eq:
-            raw = inline
-        elif index < len(rest):
-            raw = rest[index]
-            index += 1
-        else:
-            raise bad(f"`{name}` needs a value ({option.metavar}).")
+        raw = take_value(eq, inline, f"`{name}` needs a value ({option.metavar}).")
         try:
             values[option.key] = option.parse(raw)
         except ValueError as exc:

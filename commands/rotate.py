@@ -765,53 +765,45 @@ def _planner(kind: str) -> Callable[[Mapping[str, Any], Context], Plan]:
     return plan
 
 
+def _rotation(kind: str, summary: str, *options: Option) -> CommandSpec:
+    """Given a rotation's kind (``jwt``), return the spec of ``rotate KIND``: every rotation is
+    planned by :func:`make_plan`, run by :func:`execute` and needs a second person."""
+    return CommandSpec(
+        name=f"rotate {kind}",
+        summary=summary,
+        plan=_planner(kind),
+        execute=execute,
+        options=options,
+        destructive=True,
+        roles=frozenset({Role.OPERATOR}),
+        section="Secret rotation",
+    )
+
+
 SPECS = (
-    CommandSpec(
-        name="rotate jwt",
-        summary="New JWT_SECRET in .env, backend recreated and checked; --logout-all also "
-        "flushes the session store.",
-        plan=_planner("jwt"),
-        execute=execute,
-        options=(
-            Option(
-                "--logout-all",
-                flag=True,
-                default=False,
-                help="also flush the Redis session store: every user logs in again",
-            ),
+    _rotation(
+        "jwt",
+        "New JWT_SECRET in .env, backend recreated and checked; --logout-all also flushes the "
+        "session store.",
+        Option(
+            "--logout-all",
+            flag=True,
+            default=False,
+            help="also flush the Redis session store: every user logs in again",
         ),
-        destructive=True,
-        roles=frozenset({Role.OPERATOR}),
-        section="Secret rotation",
     ),
-    CommandSpec(
-        name="rotate db-password",
-        summary="New database password: ALTER ROLE with a SCRAM verifier, .env, backend "
-        "recreated and checked.",
-        plan=_planner("db-password"),
-        execute=execute,
-        destructive=True,
-        roles=frozenset({Role.OPERATOR}),
-        section="Secret rotation",
+    _rotation(
+        "db-password",
+        "New database password: ALTER ROLE with a SCRAM verifier, .env, backend recreated and "
+        "checked.",
     ),
-    CommandSpec(
-        name="rotate minio-keys",
-        summary="New MinIO key pair in .env, minio and backend recreated; new keys proven, old "
-        "keys refused.",
-        plan=_planner("minio-keys"),
-        execute=execute,
-        destructive=True,
-        roles=frozenset({Role.OPERATOR}),
-        section="Secret rotation",
+    _rotation(
+        "minio-keys",
+        "New MinIO key pair in .env, minio and backend recreated; new keys proven, old keys "
+        "refused.",
     ),
-    CommandSpec(
-        name="rotate turn-secret",
-        summary="New COTURN_SECRET in .env, coturn recreated; TURN credentials from the new "
-        "secret proven.",
-        plan=_planner("turn-secret"),
-        execute=execute,
-        destructive=True,
-        roles=frozenset({Role.OPERATOR}),
-        section="Secret rotation",
+    _rotation(
+        "turn-secret",
+        "New COTURN_SECRET in .env, coturn recreated; TURN credentials from the new secret proven.",
     ),
 )

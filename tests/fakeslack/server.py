@@ -19,14 +19,14 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Self, cast
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from ._base import Background, strings
 from .socket_mode import FakeSocketMode
 
 UPLOAD_METHOD = "upload"
@@ -138,17 +138,6 @@ class _Reply:
     parsed: dict[str, Any]
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _strings(item)
-
-
 def _header_param(header: str, value: str, param: str) -> str | None:
     message = Message()
     message[header] = value
@@ -228,7 +217,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("GET")
 
 
-class FakeSlack:
+class FakeSlack(Background):
     """Fake Slack Web API server; use as a context manager or call ``start()``/``stop()``.
 
     ``users``: user id -> name, or -> dict of user fields (``name``, ``real_name``, ``is_bot``,
@@ -306,7 +295,6 @@ class FakeSlack:
             "apps.connections.open": self._apps_connections_open,
         }
         self._httpd: _HttpServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -318,37 +306,17 @@ class FakeSlack:
         httpd = _HttpServer(("127.0.0.1", self._port), _Handler)
         httpd.fake = self
         self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fakeslack-http",
-            daemon=True,
-        )
-        self._thread.start()
+        self._run_in_background(httpd.serve_forever, "fakeslack-http", poll_interval=0.05)
         return self
 
     def stop(self) -> None:
-        httpd, thread = self._httpd, self._thread
-        self._httpd = None
-        self._thread = None
+        httpd, self._httpd = self._httpd, None
         if httpd is not None:
             httpd.shutdown()
             httpd.server_close()
-        if thread is not None:
-            thread.join(timeout=10)
+        self._join_background()
         if self._socket_mode is not None:
             self._socket_mode.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:
@@ -570,7 +538,7 @@ class FakeSlack:
         with self._cond:
             self._texts.append(unquote(raw_path))
             self._texts.append(body.decode("utf-8", "replace"))
-            self._texts.extend(_strings(params))
+            self._texts.extend(strings(params))
             for data in uploads.values():
                 self._texts.append(data.decode("utf-8", "replace"))
             delays = self._delays.get(method)

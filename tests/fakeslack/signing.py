@@ -12,6 +12,7 @@ Nothing here talks to anything but the loopback interface: :func:`post_signed` r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import itertools
@@ -20,7 +21,8 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 # A response_url nobody listens on (port 1 on loopback refuses at once): a default that can never
@@ -33,6 +35,9 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 _LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
 _trigger_counter = itertools.count(1)
+
+P = ParamSpec("P")
+PayloadT = TypeVar("PayloadT")
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
@@ -87,39 +92,6 @@ def slash_command_payload(
         "response_url": response_url,
         "trigger_id": trigger_id if trigger_id is not None else new_trigger_id(),
     }
-
-
-def slash_command_body(
-    text: str,
-    user_id: str = "U1",
-    user_name: str = "alice",
-    channel_id: str = "C1",
-    command: str = "/hq",
-    response_url: str = DEFAULT_RESPONSE_URL,
-    trigger_id: str | None = None,
-    team_id: str = "T1",
-    *,
-    channel_name: str = "general",
-    team_domain: str = "fake",
-    api_app_id: str = "A1",
-    token: str = DEFAULT_VERIFICATION_TOKEN,
-) -> bytes:
-    """A slash command as the form-encoded body Slack POSTs to the request URL."""
-    payload = slash_command_payload(
-        text,
-        user_id,
-        user_name,
-        channel_id,
-        command,
-        response_url,
-        trigger_id,
-        team_id,
-        channel_name=channel_name,
-        team_domain=team_domain,
-        api_app_id=api_app_id,
-        token=token,
-    )
-    return urlencode(payload).encode("ascii")
 
 
 def block_actions_payload(
@@ -209,54 +181,39 @@ def block_actions_payload(
     }
 
 
-def block_actions_body(
-    action_id: str,
-    value: str,
-    user_id: str = "U1",
-    channel_id: str = "C1",
-    message_ts: str = DEFAULT_MESSAGE_TS,
-    response_url: str = DEFAULT_RESPONSE_URL,
-    block_id: str = "hq_actions",
-    *,
-    user_name: str = "alice",
-    channel_name: str = "general",
-    team_id: str = "T1",
-    team_domain: str = "fake",
-    api_app_id: str = "A1",
-    token: str = DEFAULT_VERIFICATION_TOKEN,
-    trigger_id: str | None = None,
-    button_text: str | None = None,
-    message_text: str = "",
-    message_blocks: list[dict[str, Any]] | None = None,
-    action_ts: str | None = None,
-) -> bytes:
-    """A button click as the form-encoded ``payload=<json>`` body Slack POSTs."""
-    payload = block_actions_payload(
-        action_id,
-        value,
-        user_id,
-        channel_id,
-        message_ts,
-        response_url,
-        block_id,
-        user_name=user_name,
-        channel_name=channel_name,
-        team_id=team_id,
-        team_domain=team_domain,
-        api_app_id=api_app_id,
-        token=token,
-        trigger_id=trigger_id,
-        button_text=button_text,
-        message_text=message_text,
-        message_blocks=message_blocks,
-        action_ts=action_ts,
-    )
-    return interactive_body(payload)
-
-
 def interactive_body(payload: dict[str, Any]) -> bytes:
     """Any interactivity payload (block_actions, view_submission, ...) as Slack's form body."""
     return urlencode({"payload": json.dumps(payload, separators=(",", ":"))}).encode("ascii")
+
+
+def _body_of(
+    build: Callable[P, PayloadT],
+) -> Callable[[Callable[[PayloadT], bytes]], Callable[P, bytes]]:
+    """Given a payload builder, return a decorator that turns an encoder of its payload (into
+    the HTTP body Slack POSTs) into a function taking the builder's own parameters."""
+
+    def decorate(encode: Callable[[PayloadT], bytes]) -> Callable[P, bytes]:
+        @functools.wraps(build)  # the builder's signature, the encoder's name and docstring
+        def body(*args: P.args, **kwargs: P.kwargs) -> bytes:
+            return encode(build(*args, **kwargs))
+
+        body.__name__, body.__qualname__ = encode.__name__, encode.__qualname__
+        body.__doc__ = encode.__doc__
+        return body
+
+    return decorate
+
+
+@_body_of(slash_command_payload)
+def slash_command_body(payload: dict[str, str]) -> bytes:
+    """A slash command as the form-encoded body Slack POSTs to the request URL."""
+    return urlencode(payload).encode("ascii")
+
+
+@_body_of(block_actions_payload)
+def block_actions_body(payload: dict[str, Any]) -> bytes:
+    """A button click as the form-encoded ``payload=<json>`` body Slack POSTs."""
+    return interactive_body(payload)
 
 
 class PostResult(NamedTuple):

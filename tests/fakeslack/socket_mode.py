@@ -17,34 +17,16 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from types import TracebackType
 from typing import Any, Self
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
-from .signing import (
-    DEFAULT_MESSAGE_TS,
-    DEFAULT_RESPONSE_URL,
-    DEFAULT_VERIFICATION_TOKEN,
-    block_actions_payload,
-    slash_command_payload,
-)
+from ._base import Background, strings
+from .signing import DEFAULT_VERIFICATION_TOKEN, block_actions_payload, slash_command_payload
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _strings(item)
-
-
-class FakeSocketMode:
+class FakeSocketMode(Background):
     """A Socket Mode server on 127.0.0.1 (``websockets`` sync server in a background thread)."""
 
     def __init__(
@@ -77,7 +59,6 @@ class FakeSocketMode:
         self._acks: dict[str, dict[str, Any]] = {}
         self._sent: list[dict[str, Any]] = []
         self._server: Server | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -93,31 +74,14 @@ class FakeSocketMode:
             close_timeout=self._close_timeout,
             open_timeout=5,
         )
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fakeslack-socket-mode", daemon=True
-        )
-        self._thread.start()
+        self._run_in_background(self._server.serve_forever, "fakeslack-socket-mode")
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = None
-        self._thread = None
+        server, self._server = self._server, None
         if server is not None:
             server.shutdown()
-        if thread is not None:
-            thread.join(timeout=10)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self._join_background()
 
     @property
     def port(self) -> int:
@@ -238,7 +202,7 @@ class FakeSocketMode:
         with self._cond:
             raw = list(self._raw_received)
             parsed = list(self._received)
-        parts = raw + [s for message in parsed for s in _strings(message)]
+        parts = raw + [s for message in parsed for s in strings(message)]
         return "\n".join(parts)
 
     def reset(self) -> None:
@@ -332,25 +296,21 @@ class FakeSocketMode:
         user_id: str = "U1",
         channel_id: str = "C1",
         *,
-        user_name: str = "alice",
-        command: str = "/hq",
-        response_url: str = DEFAULT_RESPONSE_URL,
-        trigger_id: str | None = None,
-        channel_name: str = "general",
         envelope_id: str | None = None,
+        **fields: Any,
     ) -> str:
-        """Send a ``slash_commands`` envelope; returns its envelope_id."""
+        """Send a ``slash_commands`` envelope; returns its envelope_id.
+
+        ``fields`` are :func:`slash_command_payload`'s (``user_name``, ``command``,
+        ``response_url``...); the team and app are this server's.
+        """
         payload = slash_command_payload(
             text,
-            user_id,
-            user_name,
-            channel_id,
-            command,
-            response_url,
-            trigger_id,
-            self.team_id,
-            channel_name=channel_name,
+            user_id=user_id,
+            channel_id=channel_id,
+            team_id=self.team_id,
             api_app_id=self.app_id,
+            **fields,
         )
         return self.send_envelope(
             "slash_commands", dict(payload), accepts_response_payload=True, envelope_id=envelope_id
@@ -362,30 +322,24 @@ class FakeSocketMode:
         value: str,
         user_id: str = "U1",
         channel_id: str = "C1",
-        message_ts: str = DEFAULT_MESSAGE_TS,
-        response_url: str = DEFAULT_RESPONSE_URL,
-        block_id: str = "hq_actions",
         *,
-        user_name: str = "alice",
-        message_text: str = "",
-        message_blocks: list[dict[str, Any]] | None = None,
         envelope_id: str | None = None,
+        **fields: Any,
     ) -> str:
-        """Send an ``interactive`` envelope carrying a button click; returns its envelope_id."""
+        """Send an ``interactive`` envelope carrying a button click; returns its envelope_id.
+
+        ``fields`` are :func:`block_actions_payload`'s (``user_name``, ``response_url``,
+        ``message_ts``...); the team, app and bot user are this server's.
+        """
         payload = block_actions_payload(
             action_id,
             value,
-            user_id,
-            channel_id,
-            message_ts,
-            response_url,
-            block_id,
-            user_name=user_name,
+            user_id=user_id,
+            channel_id=channel_id,
             team_id=self.team_id,
             api_app_id=self.app_id,
-            message_text=message_text,
-            message_blocks=message_blocks,
             bot_user_id=self.bot_user_id,
+            **fields,
         )
         return self.send_envelope(
             "interactive", payload, accepts_response_payload=False, envelope_id=envelope_id

@@ -21,22 +21,22 @@ from cryptography.x509.oid import NameOID
 
 
 @contextmanager
-def silent_server() -> Iterator[int]:
-    """Accept connections and never answer; yield the port."""
+def _accepting(backlog: int, on_accept: Callable[[socket.socket], None]) -> Iterator[int]:
+    """Listen on 127.0.0.1 and hand every accepted connection to ``on_accept`` in a background
+    thread; yield the port."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    held: list[socket.socket] = []
+    listener.listen(backlog)
+    listener.settimeout(0.2)
     stop = threading.Event()
 
     def accept() -> None:
-        listener.settimeout(0.2)
         while not stop.is_set():
             try:
                 conn, _ = listener.accept()
-                held.append(conn)
             except OSError:
                 continue
+            on_accept(conn)
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
@@ -45,9 +45,19 @@ def silent_server() -> Iterator[int]:
     finally:
         stop.set()
         thread.join(2)
+        listener.close()
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """Accept connections and never answer; yield the port."""
+    held: list[socket.socket] = []
+    try:
+        with _accepting(16, held.append) as port:
+            yield port
+    finally:
         for conn in held:
             conn.close()
-        listener.close()
 
 
 Handler = Callable[[str], tuple[int, Any]]
@@ -125,32 +135,16 @@ def tls_server(cert: Path, key: Path) -> Iterator[int]:
     """Complete TLS handshakes with the given certificate; yield the port."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                continue
-            try:
-                conn.settimeout(5)
-                with context.wrap_socket(conn, server_side=True) as tls:
-                    tls.recv(1)
-            except (OSError, ssl.SSLError):
-                pass
-            finally:
-                conn.close()
+    def handshake(conn: socket.socket) -> None:
+        try:
+            conn.settimeout(5)
+            with context.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(2)
-        listener.close()
+    with _accepting(8, handshake) as port:
+        yield port

@@ -23,17 +23,8 @@ from commands.infra.docker_engine import ContainerInfo
 from commands.infra.gateway import InfraError
 from commands.infra.http import Http, Response
 from commands.redact import MASK, default_redactor
-from commands.spec import Actor, Row, Status
-
-
-@dataclass
-class Ctx:
-    settings: Any
-    infra: Any = None
-    actor: Actor = field(default_factory=lambda: Actor("U0TEST"))
-    operation_id: str = "op-test"
-    governance: Any = None
-    registry: Any = field(default_factory=dict)
+from commands.spec import Row, Status
+from tests.unit.command_context import Ctx
 
 
 def _c(name: str, service: str, state: str = "running", health_: str = "") -> ContainerInfo:

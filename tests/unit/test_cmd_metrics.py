@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +11,11 @@ from commands.infra.docker_engine import ContainerInfo, ContainerStats
 from commands.infra.gateway import InfraError
 from commands.infra.postgres import ConnectionUsage
 from commands.infra.redis_client import RedisMemory
-from commands.spec import Actor, Row, Status
+from commands.spec import Result, Row, Status
+from tests.unit.command_context import Ctx
 from tests.unit.infra_servers import http_server, self_signed, silent_server, tls_server
 
 NOW = dt.datetime(2025, 1, 15, tzinfo=dt.UTC)
-
-
-@dataclass
-class Ctx:
-    settings: Any
-    infra: Any = None
-    actor: Actor = field(default_factory=lambda: Actor("U0TEST"))
-    operation_id: str = "op-test"
-    governance: Any = None
-    registry: Any = field(default_factory=dict)
 
 
 # --- redis memory ---------------------------------------------------------------------------
@@ -129,6 +120,12 @@ class MetricsInfra(Infra):
         return FakeDocker()
 
 
+def _run_metrics(infra: MetricsInfra) -> Result:
+    """Plan and run ``/hq metrics`` on ``infra`` and its settings."""
+    ctx = Ctx(infra.settings, infra)
+    return metrics._execute(metrics._plan({}, ctx), ctx, lambda _l: None)
+
+
 def _prometheus(path: str) -> tuple[int, Any]:
     value = "0.734" if "latency" in path or "duration" in path else "850"
     return 200, {
@@ -147,8 +144,7 @@ def test_metrics_table_with_prometheus_and_tls(make_settings: Any, tmp_path: Pat
             hq_docker_root=tmp_path,
             hq_backup_dir=tmp_path,
         )
-        ctx = Ctx(settings, MetricsInfra(settings))
-        result = metrics._execute(metrics._plan({}, ctx), ctx, lambda _l: None)
+        result = _run_metrics(MetricsInfra(settings))
     by = {r.name: r for r in result.rows}
     assert by["HTTP latency p95"] == Row(
         "HTTP latency p95",
@@ -170,8 +166,7 @@ def test_metrics_table_with_prometheus_and_tls(make_settings: Any, tmp_path: Pat
 
 def test_metrics_without_prometheus_say_not_configured(make_settings: Any, tmp_path: Path) -> None:
     settings = make_settings(hq_docker_root=tmp_path, hq_backup_dir=tmp_path)
-    ctx = Ctx(settings, MetricsInfra(settings))
-    result = metrics._execute(metrics._plan({}, ctx), ctx, lambda _l: None)
+    result = _run_metrics(MetricsInfra(settings))
     by = {r.name: r for r in result.rows}
     assert by["HTTP latency p95"] == Row(
         "HTTP latency p95",
@@ -191,8 +186,7 @@ def test_a_silent_tls_endpoint_fails_within_the_timeout(make_settings: Any, tmp_
             hq_docker_root=tmp_path,
             hq_backup_dir=tmp_path,
         )
-        ctx = Ctx(settings, MetricsInfra(settings))
-        result = metrics._execute(metrics._plan({}, ctx), ctx, lambda _l: None)
+        result = _run_metrics(MetricsInfra(settings))
     row = next(r for r in result.rows if r.name.startswith("TLS"))
     assert row.status == Status.FAIL and not result.ok
 
@@ -208,6 +202,5 @@ def test_an_unreadable_metric_is_a_failure_not_a_crash(make_settings: Any, tmp_p
             return P()
 
     settings = make_settings(hq_docker_root=tmp_path, hq_backup_dir=tmp_path)
-    ctx = Ctx(settings, Down(settings))
-    result = metrics._execute(metrics._plan({}, ctx), ctx, lambda _l: None)
+    result = _run_metrics(Down(settings))
     assert not result.ok and result.data["failed"] == ["PostgreSQL connections"]

@@ -14,20 +14,11 @@ from commands.infra.gateway import Completed
 from commands.parser import parse
 from commands.redact import MASK, default_redactor
 from commands.registry import REGISTRY
-from commands.spec import Actor, Status, UserError
+from commands.spec import Status, UserError
+from tests.unit.command_context import Ctx
 
 FILE = "/opt/harmoniq/docker-compose.yml"
 BASE = ("docker", "compose", "-p", "harmoniq", "-f", FILE)
-
-
-@dataclass
-class Ctx:
-    settings: Any
-    infra: Any = None
-    actor: Actor = field(default_factory=lambda: Actor("U0TEST"))
-    operation_id: str = "op-test"
-    governance: Any = None
-    registry: Any = field(default_factory=dict)
 
 
 @pytest.fixture

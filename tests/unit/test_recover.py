@@ -18,6 +18,21 @@ class Notes:
         return None
 
 
+def _running(bot: Bot, command: str, **fields: Any) -> str:
+    """Record alice's running Slack operation of ``command``, owned by this process unless
+    ``fields`` name another owner; return its id."""
+    return bot.ops.create(
+        source="slack",
+        user_id="U0ALICE",
+        user_name="alice",
+        channel_id="C1",
+        text=command,
+        state=OpState.RUNNING,
+        command=command,
+        **fields,
+    )
+
+
 def test_work_of_a_dead_process_is_interrupted_and_its_backup_marked_failed(
     make_settings: Any,
 ) -> None:
@@ -25,25 +40,8 @@ def test_work_of_a_dead_process_is_interrupted_and_its_backup_marked_failed(
     notes = Notes()
     bot.cards = notes  # type: ignore[assignment]
     dead_owner = f"{socket.gethostname()}:999999:dead"
-    op = bot.ops.create(
-        source="slack",
-        user_id="U0ALICE",
-        user_name="alice",
-        channel_id="C1",
-        text="backup now",
-        state=OpState.RUNNING,
-        command="backup now",
-        owner=dead_owner,
-    )
-    alive = bot.ops.create(
-        source="slack",
-        user_id="U0ALICE",
-        user_name="alice",
-        channel_id="C1",
-        text="health",
-        state=OpState.RUNNING,
-        command="health",
-    )
+    op = _running(bot, "backup now", owner=dead_owner)
+    alive = _running(bot, "health")
     with bot.sessions.begin() as session:
         session.add(Backup(id="b-1", state="running", op_id=op, started_at=utcnow()))
         session.add(MirrorRun(state="running", op_id=op, started_at=utcnow()))

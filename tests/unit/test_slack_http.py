@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-from bot.slack import build_app
+from bot.core import Bot
+from bot.slack import build_app, web_client
 from commands.registry import REGISTRY
 from tests.conftest import TEST_APP_TOKEN
 from tests.fakeslack import post_signed, slash_command_body
@@ -88,18 +91,25 @@ def test_a_429_with_retry_after_is_waited_out_and_the_message_arrives(slack_bot:
     assert posts[0].status == 429 and any(c.status == 200 for c in posts)
 
 
-def test_socket_mode_acks_the_envelope_and_replies(fake_slack: Any, make_settings: Any) -> None:
-    from bot.core import Bot
-    from bot.slack import web_client
-
-    settings = make_settings(slack_api_url=fake_slack.base_url, slack_app_token=TEST_APP_TOKEN)
+@contextmanager
+def _socket_mode_bot(fake_slack: Any, settings: Any) -> Iterator[Bot]:
+    """Run the bot's Socket Mode door against ``fake_slack``; yield the bot once connected."""
     bot = Bot.create(settings)
     app = build_app(bot, web_client(settings), None)
     handler = SocketModeHandler(app, TEST_APP_TOKEN)
     handler.connect()
     try:
+        fake_slack.socket_mode.wait_connected(timeout=10)
+        yield bot
+    finally:
+        handler.close()
+        bot.close()
+
+
+def test_socket_mode_acks_the_envelope_and_replies(fake_slack: Any, make_settings: Any) -> None:
+    settings = make_settings(slack_api_url=fake_slack.base_url, slack_app_token=TEST_APP_TOKEN)
+    with _socket_mode_bot(fake_slack, settings) as bot:
         sm = fake_slack.socket_mode
-        sm.wait_connected(timeout=10)
         envelope = sm.send_slash_command("help")
         ack = sm.wait_ack(envelope, timeout=10)
         assert "/hq help [CMD]" in json.dumps(ack.get("payload", {}))
@@ -107,34 +117,21 @@ def test_socket_mode_acks_the_envelope_and_replies(fake_slack: Any, make_setting
         sm.wait_ack(envelope, timeout=10)
         fake_slack.wait_for("chat.postMessage", lambda c: c.params.get("thread_ts"), timeout=10)
         assert bot.ops.recent(1)[0].state == "succeeded"
-    finally:
-        handler.close()
-        bot.close()
 
 
 def test_app_home_shows_health_pending_approvals_and_backups(
     fake_slack: Any, make_settings: Any
 ) -> None:
-    from bot.core import Bot
-    from bot.slack import web_client
-
     settings = make_settings(
         slack_api_url=fake_slack.base_url, slack_app_token=TEST_APP_TOKEN, hq_health_timeout=0.5
     )
-    bot = Bot.create(settings)
-    app = build_app(bot, web_client(settings), None)
-    handler = SocketModeHandler(app, TEST_APP_TOKEN)
-    handler.connect()
-    try:
-        sm = fake_slack.socket_mode
-        sm.wait_connected(timeout=10)
-        sm.send_event({"type": "app_home_opened", "user": "U0ALICE", "tab": "home"})
+    with _socket_mode_bot(fake_slack, settings):
+        fake_slack.socket_mode.send_event(
+            {"type": "app_home_opened", "user": "U0ALICE", "tab": "home"}
+        )
         call = fake_slack.wait_for("views.publish", timeout=15)
         assert call.params["user_id"] == "U0ALICE"
         text = json.dumps(call.params["view"])
         assert call.params["view"]["type"] == "home"
         for part in ("Harmoniq", "Pending approvals", "Last backups"):
             assert part in text
-    finally:
-        handler.close()
-        bot.close()
