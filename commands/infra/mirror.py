@@ -36,7 +36,6 @@ import re
 import stat
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -44,12 +43,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 import urllib3
-from minio import Minio
 from minio.commonconfig import CopySource
 from minio.error import S3Error
 
 from commands.infra.gateway import InfraError
-from commands.infra.s3 import ACCESS_KEY, SECRET_KEY
+from commands.infra.s3 import make_client
 
 RESERVED = ".hq-mirror"
 MANIFEST_NAME = RESERVED + "-manifest.json"
@@ -383,12 +381,6 @@ class MinioStore:
     ) -> MinioStore:
         """Given the endpoint URL and the deployment's env values (keys ``MINIO_ACCESS_KEY`` and
         ``MINIO_SECRET_KEY``), return a store. Raise InfraError when a key is missing."""
-        parts = urllib.parse.urlsplit(endpoint)
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            raise InfraError(f"HQ_S3_ENDPOINT {endpoint} is not an http(s) URL.")
-        missing = [k for k in (ACCESS_KEY, SECRET_KEY) if not env.get(k)]
-        if missing:
-            raise InfraError(f"The deployment's env file does not set {', '.join(missing)}.")
         pool = urllib3.PoolManager(
             maxsize=max(2, connections),
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
@@ -396,15 +388,7 @@ class MinioStore:
             # (that object counts as failed and the next run copies it).
             retries=urllib3.Retry(total=2, connect=2, read=0, status=0, backoff_factor=0.2),
         )
-        client = Minio(
-            parts.netloc,
-            access_key=env[ACCESS_KEY],
-            secret_key=env[SECRET_KEY],
-            secure=parts.scheme == "https",
-            region=region,
-            http_client=pool,
-        )
-        return cls(client)
+        return cls(make_client(endpoint, env, pool, region))
 
     def exists(self, bucket: str) -> bool:
         return bool(self.client.bucket_exists(bucket))

@@ -20,6 +20,33 @@ from commands.infra.gateway import InfraError
 from commands.infra.http import Http, HttpError
 
 ACCESS_KEY, SECRET_KEY = "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"
+
+
+def make_client(
+    endpoint: str,
+    values: Mapping[str, str],
+    pool: urllib3.PoolManager,
+    region: str = "us-east-1",
+) -> Minio:
+    """Given the endpoint URL, the deployment's env values (``MINIO_ACCESS_KEY`` and
+    ``MINIO_SECRET_KEY``) and the connection pool (its timeouts and retries), return a minio
+    client. Raise InfraError when the URL is not http(s) or a key is missing."""
+    parts = urllib.parse.urlsplit(endpoint)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise InfraError(f"HQ_S3_ENDPOINT {endpoint} is not an http(s) URL.")
+    missing = [k for k in (ACCESS_KEY, SECRET_KEY) if not values.get(k)]
+    if missing:
+        raise InfraError(f"The deployment's env file does not set {', '.join(missing)}.")
+    return Minio(
+        parts.netloc,
+        access_key=values[ACCESS_KEY],
+        secret_key=values[SECRET_KEY],
+        secure=parts.scheme == "https",
+        region=region,
+        http_client=pool,
+    )
+
+
 LIVE_PATH = "/minio/health/live"
 
 
@@ -41,8 +68,6 @@ class S3:
         self.bucket = bucket
         self.timeout = timeout
         self.region = region
-        self._netloc = parts.netloc
-        self._secure = parts.scheme == "https"
         self._env = env
         self._lock = threading.Lock()
         self._client: Minio | None = None
@@ -52,24 +77,11 @@ class S3:
         """The minio SDK client (built on first use from the env file's keys)."""
         with self._lock:
             if self._client is None:
-                values = self._env()
-                missing = [k for k in (ACCESS_KEY, SECRET_KEY) if not values.get(k)]
-                if missing:
-                    raise InfraError(
-                        f"The deployment's env file does not set {', '.join(missing)}."
-                    )
                 pool = urllib3.PoolManager(
                     timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
                     retries=urllib3.Retry(total=0, raise_on_status=False),
                 )
-                self._client = Minio(
-                    self._netloc,
-                    access_key=values[ACCESS_KEY],
-                    secret_key=values[SECRET_KEY],
-                    secure=self._secure,
-                    region=self.region,
-                    http_client=pool,
-                )
+                self._client = make_client(self.endpoint, self._env(), pool, self.region)
             return self._client
 
     def reset(self) -> None:
