@@ -317,8 +317,9 @@ class Settings(BaseSettings):
     hq_backup_bucket: str = Field(
         default="harmoniq-backups",
         description="S3 bucket that gets a copy of every backup (created if missing, with a "
-        "lifecycle rule that aborts multipart uploads left incomplete for a day); `none` "
-        "(or an empty value given programmatically) keeps backups on disk only.",
+        "lifecycle rule that aborts multipart uploads left incomplete for a day where the store "
+        "supports it; MinIO drops stale uploads by itself after 24 h); `none` (or an empty "
+        "value given programmatically) keeps backups on disk only.",
     )
     hq_backup_key: SecretStr | None = Field(
         default=None,

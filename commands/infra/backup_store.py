@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Engine, delete, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from approvals.models import Backup, BackupLock, BackupState, utcnow
@@ -304,13 +304,22 @@ class Lease:
                 log.exception("could not refresh the %s lock's heartbeat", self._lock.name)
 
     def release(self) -> None:
-        """Give the lock back (idempotent)."""
+        """Give the lock back (idempotent). Never raises, so the result of the work done under
+        the lock is never replaced by a failure to tidy up: a row that cannot be deleted is
+        logged, and goes stale (taken over after ``stale_after``; on PostgreSQL the advisory
+        lock, which decides, ends with the session in any case)."""
         if self._stop.is_set():
             return
         self._stop.set()
         self._beat.join(timeout=5)
         try:
             self._lock.forget(self.owner)
+        except Exception as exc:
+            log.error(
+                "could not delete the %s lock's row (%s); it goes stale by itself",
+                self._lock.name,
+                type(exc).__name__,
+            )
         finally:
             if self._connection is not None:
                 with suppress(Exception):
@@ -405,7 +414,17 @@ class DatabaseLock:
 
     def acquire(self, holder: str, op_id: str) -> Lease:
         """Given who asks (a label like ``alice (backup now)``) and the operation id, return the
-        lease. Raise LockBusy, naming the holder and since when, when someone else has it."""
+        lease. Raise LockBusy, naming the holder and since when, when someone else has it, and
+        UserError when hq-bot's database does not answer (nothing has been done then)."""
+        try:
+            return self._acquire(holder, op_id)
+        except SQLAlchemyError as exc:  # the type only: the text may carry the database URL
+            raise UserError(
+                f"hq-bot's database did not answer while taking the {self.name} lock "
+                f"({type(exc).__name__}); nothing was done."
+            ) from None
+
+    def _acquire(self, holder: str, op_id: str) -> Lease:
         owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         if self.advisory:
             return self._acquire_advisory(holder, op_id, owner)
@@ -496,10 +515,13 @@ class AtomicFile:
         self._file.close()
         if self.path.exists():
             self.abort()
-            raise FileExistsError(f"{self.path} already exists")
+            raise FileExistsError(errno.EEXIST, "already exists", str(self.path))
         os.rename(self.tmp, self.path)
         self.done = True
-        fsync_dir(self.path.parent)
+        try:
+            fsync_dir(self.path.parent)
+        except OSError as exc:  # the file's bytes are on disk; only the rename may not be yet
+            log.warning("could not fsync %s after the rename (%s)", self.path.parent, exc)
 
     def abort(self) -> None:
         """Remove the temporary file (idempotent; never raises)."""

@@ -603,3 +603,49 @@ def test_an_upload_is_aborted_when_the_writer_fails(tmp_path: Path) -> None:
     with pytest.raises(UploadAborted):
         upload.wait(5)
     assert client.calls[-1] == "abort" and client.stored == {}
+
+
+def test_fetch_and_verify_s3_are_refused_where_they_make_no_sense(ctx: Ctx) -> None:
+    info = add_backup(ctx, "b-20250115-020000-cccc", T0)
+    with pytest.raises(UserError, match=r"is on disk .* nothing to fetch"):
+        backups.plan_fetch({"id": info.id}, ctx)
+    Path(info.path).unlink()
+    plan = backups.plan_fetch({"id": info.id}, ctx)
+    assert f"from s3://harmoniq-backups/db/{info.file_name}" in plan.summary
+    assert plan.data == {"id": info.id, "sha256": info.sha256}
+    with pytest.raises(UserError) as missing:
+        backups.plan_restore({"backup": info.id}, ctx)
+    assert missing.value.message == (
+        f"The file of {info.id} ({info.path}) is missing. Its S3 copy "
+        f"s3://harmoniq-backups/db/{info.file_name} can bring it back: "
+        f"`/hq backup fetch {info.id}`."
+    )
+    Catalogue(ctx.governance.engine).clear_s3(info.id)
+    with pytest.raises(UserError, match="has no S3 copy to fetch from"):
+        backups.plan_fetch({"id": info.id}, ctx)
+    with pytest.raises(UserError, match=f"The file of {info.id} .* is missing.$"):
+        backups.plan_restore({"backup": info.id}, ctx)
+    plan = backups.plan_verify({"id": info.id, "s3": True}, ctx)
+    with pytest.raises(UserError, match=r"has no S3 copy .* leave out --s3"):
+        backups.execute_verify(plan, ctx, lambda _line: None)
+
+
+def test_a_lock_whose_database_does_not_answer_refuses_and_release_never_raises(
+    engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = make_engine(f"sqlite:///{tmp_path}/no-such-folder/bot.db")
+    with pytest.raises(UserError) as info:
+        DatabaseLock(gone).acquire("alice (backup now)", "op-1")
+    assert info.value.message == (
+        "hq-bot's database did not answer while taking the database lock (OperationalError); "
+        "nothing was done."
+    )
+    lock = DatabaseLock(engine)
+    lease = lock.acquire("alice (backup now)", "op-1")
+
+    def broken(owner: str) -> None:
+        raise OSError("the disk is gone")
+
+    monkeypatch.setattr(lock, "forget", broken)
+    lease.release()  # logged, not raised: the work done under the lock keeps its result
+    assert lock.holder() is not None  # the row stays, and goes stale by itself
