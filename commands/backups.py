@@ -37,6 +37,7 @@ from commands.spec import (
     Status,
     Step,
     UserError,
+    whole_number,
 )
 
 log = logging.getLogger(__name__)
@@ -60,14 +61,7 @@ def backup_ref(text: str) -> str:
     return backup_id(text)
 
 
-def list_limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a number from 1 to {LIST_MAX}") from None
-    if not 1 <= value <= LIST_MAX:
-        raise ValueError(f"expected a number from 1 to {LIST_MAX}")
-    return value
+list_limit = whole_number(1, LIST_MAX)
 
 
 # --- shared rendering ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from commands.spec import (
     Progress,
     Result,
     Role,
+    whole_number,
 )
 
 REQUEST_ID = re.compile(r"^rq-[0-9a-f]{10}$")
@@ -45,11 +46,7 @@ def request_id(text: str) -> str:
     return text
 
 
-def audit_limit(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 200:
-        raise ValueError("expected a number of rows from 1 to 200")
-    return value
+audit_limit = whole_number(1, 200, "rows")
 
 
 def user_filter(text: str) -> str:

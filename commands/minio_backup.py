@@ -46,6 +46,7 @@ from commands.spec import (
     Status,
     Step,
     UserError,
+    whole_number,
 )
 
 SHOW_KEYS = 10  # keys listed inline per row; the rest go into an attachment
@@ -314,15 +315,7 @@ def render_report(run_id: int, report: Report) -> Result:
 
 
 # --- /hq minio backups ----------------------------------------------------------------------------
-def parse_limit(text: str) -> int:
-    """Given --limit's value, return it as an int from 1 to 100."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a number of runs from 1 to {LIST_MAX}") from None
-    if not 1 <= value <= LIST_MAX:
-        raise ValueError(f"expected a number of runs from 1 to {LIST_MAX}")
-    return value
+parse_limit = whole_number(1, LIST_MAX, "runs")  # --limit
 
 
 def _list_plan(args: Mapping[str, Any], ctx: Context) -> Plan:

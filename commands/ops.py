@@ -32,6 +32,7 @@ from commands.spec import (
     Status,
     Step,
     UserError,
+    whole_number,
 )
 
 TAIL_DEFAULT, TAIL_MAX = 100, 10_000
@@ -55,15 +56,7 @@ def parse_service(text: str) -> str:
     return name
 
 
-def parse_tail(text: str) -> int:
-    """Given --tail's value, return it as an int from 1 to 10000."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"expected a number of lines from 1 to {TAIL_MAX}") from None
-    if not 1 <= value <= TAIL_MAX:
-        raise ValueError(f"expected a number of lines from 1 to {TAIL_MAX}")
-    return value
+parse_tail = whole_number(1, TAIL_MAX, "lines")  # --tail
 
 
 def parse_since(text: str) -> str:

@@ -36,6 +36,24 @@ class Role(enum.StrEnum):
 ArgParser = Callable[[str], Any]
 
 
+def whole_number(low: int, high: int, unit: str = "") -> Callable[[str], int]:
+    """Given bounds and what is counted (``lines``), return a parser for an argument that must be
+    a whole number from ``low`` to ``high``; it raises ValueError ``expected a number of lines
+    from 1 to 10000`` for anything else."""
+    expected = f"expected a number {f'of {unit} ' if unit else ''}from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(expected) from None
+        if not low <= value <= high:
+            raise ValueError(expected)
+        return value
+
+    return parse
+
+
 @dataclass(frozen=True)
 class Arg:
     """A positional argument: ``name`` for usage, ``parse`` turns the text into a typed value
